@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Anything a user can get wrong (a file, a flag, a config field) raises :class:`UserError` with one line that
+names what is wrong and where. The command line prints that line and exits with status 2; it never shows a
+traceback for a ``UserError``.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input. ``str(err)`` is a complete one-line message."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
