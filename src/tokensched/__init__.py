@@ -1,0 +1,7 @@
+"""tokensched: fast, deterministic simulation and comparison of LLM serving schedulers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

@@ -1,0 +1,182 @@
+"""The ``tokensched`` command line.
+
+Every mistake in a flag, file or config ends in one line on stderr (``error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tokensched import __version__
+from tokensched.config import load_config_file, make_config
+from tokensched.errors import UserError
+
+# Flags named like SimConfig fields (dashes for underscores); a YAML --config uses the same keys.
+_SIM_OPTIONS = [
+    click.option("--workload", "-w", help="Preset name or trace file (see `tokensched list`). [default: chat]"),
+    click.option("--trace-format", type=str, default=None, help="Force a trace format instead of detecting it."),
+    click.option("--model", "-m", help="Model catalog name or path to a Hugging Face config.json. [default: llama-3.1-8b]"),
+    click.option("--gpu", "-g", help="GPU type. [default: h100]"),
+    click.option("--tp", type=int, help="Tensor-parallel degree. [default: 1]"),
+    click.option("--scheduler", "-s", help="Batch-formation policy: vllm, sarathi, orca. [default: vllm]"),
+    click.option("--max-num-seqs", type=int, help="Cap on running sequences. [default: 256]"),
+    click.option("--max-batched-tokens", type=int, help="Token budget per iteration. [default: per scheduler]"),
+    click.option("--block-size", type=int, help="Tokens per KV block. [default: 16]"),
+    click.option("--kv-blocks", type=int, help="KV blocks per replica. [default: from GPU memory]"),
+    click.option("--gpu-memory-utilization", type=float, help="Fraction of GPU memory for vLLM. [default: 0.9]"),
+    click.option("--prefix-caching/--no-prefix-caching", default=None, help="Prefix caching. [default: on]"),
+    click.option("--max-model-len", type=int, help="Longest prompt+output. [default: the model's]"),
+    click.option("--qps", type=float, help="Rescale arrivals to this mean request rate."),
+    click.option("--num-requests", "-n", type=int, help="Number of requests (presets: 1000; traces: all)."),
+    click.option("--window", help="Keep arrivals in START:END of a trace, e.g. 10m:20m."),
+    click.option("--seed", type=int, help="Random seed. [default: 0]"),
+    click.option("--slo-ttft", help="TTFT SLO, e.g. 500ms."),
+    click.option("--slo-tpot", help="TPOT SLO, e.g. 50ms."),
+    click.option("--macro-steps/--no-macro-steps", default=None, help="Advance steady decode batches in one step."),
+]
+
+
+def _sim_options(f: Any) -> Any:
+    for opt in reversed(_SIM_OPTIONS):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tokensched")
+def cli() -> None:
+    """tokensched: simulate and compare LLM serving schedulers."""
+
+
+@cli.command()
+@_sim_options
+@click.option("--config", "-c", "config_path", type=str, default=None, help="YAML file with the same keys as the flags.")
+@click.option("--output", "-o", type=str, default=None, help="Write summary.json, requests.csv, timeline.csv here.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the summary JSON on stdout.")
+@click.pass_context
+def simulate(ctx: click.Context, config_path: str | None, output: str | None, as_json: bool, trace_format: str | None,
+             **flags: Any) -> None:
+    """Simulate one serving deployment and print latency and throughput."""
+    from tokensched.report import print_summary, summary_json, write_outputs
+    from tokensched.simulator import simulate as run_sim
+    from tokensched.workload import load_workload
+
+    values: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    source = "option"
+    if config_path:
+        values, lines = load_config_file(config_path)
+        source = config_path
+    for name, v in flags.items():
+        if v is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            values[name] = v
+            lines.pop(name, None)
+    cfg = make_config(values, source=source, lines=lines)
+    workload = load_workload(cfg.workload, num_requests=cfg.num_requests, qps=cfg.qps, seed=cfg.seed,
+                             window=cfg.window_bounds(), fmt=trace_format)
+    if not workload.requests:
+        raise UserError("the workload has no requests", where=cfg.workload)
+    err = Console(stderr=True)
+    progress = None
+    on_progress = None
+    if not as_json and err.is_terminal and len(workload.requests) >= 5000:
+        progress = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True)
+        task = progress.add_task("sim", total=len(workload.requests))
+        last = [0]
+
+        def on_progress(n: int) -> None:
+            if n - last[0] >= 500:
+                last[0] = n
+                progress.update(task, completed=n)  # type: ignore[union-attr]
+
+        progress.start()
+    try:
+        result = run_sim(cfg, workload.requests, on_progress=on_progress)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if output:
+        write_outputs(result, output)
+    if as_json:
+        click.echo(summary_json(result.summary))
+    else:
+        print_summary(result, Console(), workload.notes)
+        if output:
+            Console().print(f"[dim]wrote summary.json, requests.csv, timeline.csv, config.yaml to {output}[/]")
+
+
+@cli.command(name="list")
+@click.argument("what", required=False,
+                type=click.Choice(["schedulers", "models", "gpus", "presets", "formats"], case_sensitive=False))
+def list_cmd(what: str | None) -> None:
+    """Show schedulers, models, GPUs, workload presets and trace formats."""
+    from tokensched.hardware import GPUS
+    from tokensched.models import MODELS
+    from tokensched.policies import SCHEDULERS
+    from tokensched.workload import PRESETS, TRACE_FORMATS
+
+    console = Console()
+    show = [what.lower()] if what else ["schedulers", "models", "gpus", "presets", "formats"]
+    if "schedulers" in show:
+        t = Table("scheduler", "default budget", "description", "reference", title="Schedulers", title_justify="left")
+        for k, s in SCHEDULERS.items():
+            t.add_row(k, "max_model_len" if s.max_batched_tokens is None else str(s.max_batched_tokens),
+                      s.description, s.reference)
+        console.print(t)
+    if "models" in show:
+        t = Table("model", "params", "layers", "hidden", "heads/kv", "experts", "max len", title="Models",
+                  title_justify="left")
+        for k, m in MODELS.items():
+            t.add_row(k, f"{m.num_params / 1e9:.1f}B", str(m.num_layers), str(m.hidden_size),
+                      f"{m.num_heads}/{m.num_kv_heads}",
+                      f"{m.num_experts} (top-{m.experts_per_token})" if m.is_moe else "–",
+                      f"{m.max_position_embeddings:,}")
+        console.print(t)
+    if "gpus" in show:
+        t = Table("gpu", "name", "BF16 TFLOP/s", "HBM GB/s", "memory GiB", "interconnect GB/s", title="GPUs",
+                  title_justify="left")
+        for k, g in GPUS.items():
+            t.add_row(k, g.name, f"{g.bf16_flops / 1e12:,.0f}", f"{g.hbm_bandwidth / 1e9:,.0f}",
+                      f"{g.hbm_bytes / 2**30:,.1f}", f"{g.interconnect_bandwidth / 1e9:,.0f} ({g.interconnect})")
+        console.print(t)
+    if "presets" in show:
+        t = Table("preset", "description", "source", title="Workload presets", title_justify="left")
+        for k, p in PRESETS.items():
+            t.add_row(k, p.description, p.source)
+        console.print(t)
+    if "formats" in show:
+        t = Table("format", "description", title="Trace formats", title_justify="left")
+        for k, d in TRACE_FORMATS.items():
+            t.add_row(k, d)
+        console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and exit code 2 for every user mistake."""
+    try:
+        cli.main(args=argv, prog_name="tokensched", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except click.exceptions.NoArgsIsHelp:  # pragma: no cover - depends on click version
+        return 0
+    except click.UsageError as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return 2
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except BrokenPipeError:  # e.g. `tokensched list | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The simulation's configuration: one validated tree, loadable from YAML with the CLI's flag names.
+
+Every field has a documented default and limits; a bad value becomes a one-line :class:`UserError` that
+names the field and, for a YAML file, the file and line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tokensched.errors import UserError
+from tokensched.units import parse_duration
+
+
+class SimConfig(BaseModel):
+    """What to simulate. Keys match the ``tokensched simulate`` flags (``max-num-seqs`` or ``max_num_seqs``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workload: str = Field("chat", description="preset name or trace file")
+    model: str = Field("llama-3.1-8b", description="catalog name or path to a Hugging Face config.json")
+    gpu: str = Field("h100", description="GPU catalog name")
+    tp: int = Field(1, ge=1, le=64, description="tensor-parallel degree")
+    scheduler: str = Field("vllm", description="batch-formation policy")
+    max_num_seqs: int = Field(256, ge=1, description="cap on running sequences")
+    max_batched_tokens: int | None = Field(None, ge=1, description="token budget per iteration (policy default)")
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per KV block")
+    kv_blocks: int | None = Field(None, ge=1, description="KV blocks per replica (default: from GPU memory)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use")
+    prefix_caching: bool = Field(True, description="reuse cached prompt blocks across requests")
+    max_model_len: int | None = Field(None, ge=1, description="longest prompt+output (default: the model's)")
+    qps: float | None = Field(None, gt=0, description="rescale arrivals to this mean rate")
+    num_requests: int | None = Field(None, ge=1, description="take the first N requests")
+    window: str | None = Field(None, description="START:END of a trace to keep, e.g. 10m:20m")
+    seed: int = Field(0, ge=0, description="random seed for generated workloads")
+    slo_ttft: float | None = Field(None, description="TTFT SLO (seconds or with units)")
+    slo_tpot: float | None = Field(None, description="TPOT SLO (seconds or with units)")
+    macro_steps: bool = Field(True, description="advance steady decode batches many iterations at once")
+
+    @field_validator("slo_ttft", "slo_tpot", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+    def window_bounds(self) -> tuple[float, float] | None:
+        if self.window is None:
+            return None
+        parts = self.window.split(":")
+        if len(parts) != 2:
+            raise UserError(f"window must be START:END, got {self.window!r}", where="window")
+        try:
+            start = parse_duration(parts[0]) if parts[0] else 0.0
+            end = parse_duration(parts[1]) if parts[1] else float("inf")
+        except ValueError as e:
+            raise UserError(str(e), where="window") from None
+        if end <= start:
+            raise UserError(f"window end must be after its start, got {self.window!r}", where="window")
+        return start, end
+
+
+FIELDS = tuple(SimConfig.model_fields)
+
+
+def _normalize_key(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def make_config(values: dict[str, Any], *, source: str = "option", lines: dict[str, int] | None = None) -> SimConfig:
+    """Validate ``values`` into a SimConfig; errors name the field (and file line when known)."""
+    try:
+        return SimConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key; valid keys: {', '.join(k.replace('_', '-') for k in FIELDS)}"
+        where = source
+        if lines and field in lines:
+            where = f"{source}:{lines[field]}"
+        raise UserError(f"field '{field.replace('_', '-')}': {msg}", where=where) from None
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a YAML config: returns (values keyed by field name, line of each key)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("no such config file", where=str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file: {e}", where=str(p)) from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise UserError(f"invalid YAML: {getattr(e, 'problem', e)}", where=where) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise UserError("config must be a mapping of option names to values", where=str(p))
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, _ in node.value:
+            lines[_normalize_key(str(k.value))] = k.start_mark.line + 1
+    return {_normalize_key(str(k)): v for k, v in data.items()}, lines

@@ -1,0 +1,187 @@
+"""One model replica: a scheduler, a KV cache and a timing model, advanced one step at a time.
+
+``start_step(now, horizon)`` forms the next batch and says when it ends; ``finish_step(step)`` applies its
+results at that time. The replica does not know whether time is simulated: a simulator calls
+``finish_step`` at the predicted end, a real engine would call it when the GPU returns.
+
+Macro-steps. A *steady* batch (only decodes, every running sequence in it, admission blocked) repeats
+itself until an arrival (``horizon``), a completion, or a KV block shortage. ``start_step`` then covers
+``k`` iterations at once: it prices them with ``TimingModel.decode_times``, commits their blocks in one
+call, and ``finish_step`` applies ``k`` tokens per sequence. Every time, token and metric equals what
+``k`` single steps give (``tests/test_macro_step.py`` proves it), while the cost per macro-step is
+``O(batch)`` instead of ``O(k * batch)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tokensched.kv_cache import KVCacheManager, prompt_units
+from tokensched.metrics import MetricsRecorder
+from tokensched.policies import SchedulerPolicy
+from tokensched.request import Request
+from tokensched.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
+from tokensched.sequence import Sequence, SeqStatus
+from tokensched.timing import TimingModel
+
+MAX_MACRO_STEPS = 8192  # bounds the arrays priced per macro-step; larger runs just take several
+
+
+@dataclass(slots=True)
+class Step:
+    batch: ScheduledBatch
+    start: float
+    end: float
+    iterations: int = 1
+    ends: np.ndarray | None = None  # for a macro-step: [start, end_1, ..., end_k]
+
+
+class Replica:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        policy: SchedulerPolicy,
+        kv: KVCacheManager,
+        timing: TimingModel,
+        *,
+        max_model_len: int,
+        metrics: MetricsRecorder | None = None,
+        macro_steps: bool = True,
+    ) -> None:
+        self.scheduler = Scheduler(config, policy, kv)
+        self.kv = kv
+        self.timing = timing
+        self.max_model_len = max_model_len
+        self.metrics = metrics or MetricsRecorder(kv.num_blocks)
+        self.macro_steps = macro_steps
+        self.busy = False
+
+    # ---- intake --------------------------------------------------------------------------------
+    def add_request(self, request: Request, now: float) -> Sequence:
+        seq = Sequence(request, prompt_units(request, self.kv.block_size) if self.kv.enable_prefix_caching else [])
+        total = request.prompt_tokens + request.output_tokens
+        if total > self.max_model_len:
+            seq.status = SeqStatus.REJECTED
+            seq.reject_reason = f"prompt+output {total} > max_model_len {self.max_model_len}"
+            self.metrics.on_finish(seq)
+            return seq
+        self.scheduler.policy.add(seq)
+        return seq
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.scheduler.running) or len(self.scheduler.policy) > 0
+
+    # ---- stepping ------------------------------------------------------------------------------
+    def start_step(self, now: float, horizon: float = float("inf")) -> Step | None:
+        """Form the next batch at ``now``; None when there is nothing to run."""
+        sched = self.scheduler
+        batch = sched.schedule(now)
+        if not batch.seqs:
+            if sched.running or len(sched.policy):
+                raise RuntimeError("scheduler made no progress with work pending")  # a bug, not a user error
+            return None
+        self.busy = True
+        if self.macro_steps and batch.steady:
+            step = self._macro_step(batch, now, horizon)
+            if step is not None:
+                self.metrics.on_step(now, step.iterations, len(batch.seqs), sched, self.kv)
+                return step
+        dt = self.timing.iteration_time(batch.shape())
+        self.metrics.on_step(now, 1, len(batch.seqs), sched, self.kv)
+        return Step(batch, now, now + dt)
+
+    def _macro_step(self, batch: ScheduledBatch, now: float, horizon: float) -> Step | None:
+        seqs = batch.seqs
+        k = min(min(s.output_tokens - s.num_generated for s in seqs), MAX_MACRO_STEPS)
+        if k < 2:
+            return None
+        b = len(seqs)
+        ctx = sum(s.num_computed for s in seqs) + b
+        dts = self.timing.decode_times(b, ctx, k)
+        ends = np.add.accumulate(np.concatenate(([now], dts)))
+        # iteration j starts at ends[j-1]; it runs only if no arrival is due by then
+        k = min(k, int(np.searchsorted(ends[:k], horizon, side="left")))
+        if k >= 2:
+            k = self._fit_blocks([s.slot_tokens for s in seqs], k)
+        if k < 2:
+            return None
+        self.kv.append_decode_steps(seqs, k - 1)  # iteration 1's slots were allocated by schedule()
+        return Step(batch, now, float(ends[k]), k, ends[: k + 1])
+
+    def _fit_blocks(self, slots: list[int], k: int) -> int:
+        """Largest ``j <= k`` whose extra ``j - 1`` decode iterations get KV blocks without preemption.
+
+        If the blocked head of the queue would reuse cached-but-unreferenced units, evicting them could
+        let it in (a chunked prefill may then fit in the freed room), so the macro-step stops before the
+        first eviction.
+        """
+        kv = self.kv
+        avail = kv.available_blocks
+        policy = self.scheduler.policy
+        if len(policy) and kv.evictable_blocks and kv.find_prefix(policy.peek()).evictable_blocks:
+            avail = kv.free_blocks
+        bs = self.kv.block_size
+        s = np.asarray(slots, dtype=np.int64)
+        base = (s + bs - 1) // bs
+
+        def need(m: int) -> int:
+            return int(((s + m + bs - 1) // bs - base).sum())
+
+        if need(k - 1) <= avail:
+            return k
+        lo, hi = 0, k - 1  # need(lo) fits, need(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if need(mid) <= avail:
+                lo = mid
+            else:
+                hi = mid
+        return lo + 1
+
+    def finish_step(self, step: Step) -> list[Sequence]:
+        """Apply the step's results at ``step.end``; returns the sequences that finished."""
+        self.busy = False
+        sched, rec = self.scheduler, self.metrics
+        done: list[Sequence] = []
+        if step.iterations == 1:
+            end = step.end
+            for seq, n in zip(step.batch.seqs, step.batch.num_new):
+                seq.num_computed += n
+                if seq.num_computed == seq.num_tokens:
+                    seq.num_generated += 1
+                    if seq.first_token_s is None:
+                        seq.first_token_s = end
+                    else:
+                        itl = end - seq.last_token_s  # type: ignore[operator]
+                        rec.itl_values.append(itl)
+                        if itl > seq.itl_max_s:
+                            seq.itl_max_s = itl
+                    seq.last_token_s = end
+                    if seq.num_generated == seq.output_tokens:
+                        done.append(seq)
+        else:
+            k = step.iterations
+            ends = step.ends
+            assert ends is not None
+            tail = ends[2:] - ends[1:-1]  # ITLs of iterations 2..k, shared by every sequence
+            tail_max = float(tail.max())
+            rec.itl_chunks.append((tail, len(step.batch.seqs)))
+            first_end = float(ends[1])
+            end = float(ends[-1])
+            for seq in step.batch.seqs:
+                seq.num_computed += k
+                seq.num_generated += k
+                first_itl = first_end - seq.last_token_s  # type: ignore[operator]
+                rec.itl_values.append(first_itl)
+                seq.itl_max_s = max(seq.itl_max_s, first_itl, tail_max)
+                seq.last_token_s = end
+                if seq.num_generated == seq.output_tokens:
+                    done.append(seq)
+        for seq in done:
+            sched.finish(seq)
+            seq.finish_s = seq.last_token_s
+            rec.on_finish(seq)
+        return done

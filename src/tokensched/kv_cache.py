@@ -1,0 +1,253 @@
+"""Paged KV cache with prefix caching: block accounting, chained-hash reuse and LRU eviction.
+
+Blocks hold ``block_size`` tokens each. A sequence holding ``slot_tokens`` slots owns
+``ceil(slot_tokens / block_size)`` blocks, split between
+
+* *cache units* it references: runs of full prompt blocks named by a chained hash (shared, ref-counted), and
+* *private* blocks: everything else (the tail of the prompt, generated tokens, units it computed twice).
+
+Why count blocks instead of tracking block ids: no metric depends on which physical block holds what, and
+counting keeps the simulator's cost per *unit* rather than per block (a Mooncake prompt averages 750
+16-token blocks but 24 hash units). The prefix cache is kept at the granularity of the workload's hashes
+mapped onto whole engine blocks (:func:`prompt_units`); eviction therefore removes a whole unit at a time,
+where vLLM removes single blocks. For 16-token hashes the two agree exactly.
+
+Resource calls come in check/commit pairs: ``can_allocate``/``allocate`` for admission (with a prefix hit),
+``can_append``/``append`` for running sequences. Checks have no side effects; commits assert the check held.
+Freeing puts a sequence's unreferenced cache units at the MRU end of the LRU queue in reverse prompt order,
+so the tail of a prompt is evicted before its head (as vLLM's free-block queue does).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from math import gcd
+
+from tokensched.request import Request
+from tokensched.sequence import Sequence
+
+
+def prompt_units(request: Request, block_size: int) -> list[tuple[int, int]]:
+    """Cacheable prompt units of ``request`` at engine ``block_size``: ``[(key, end_token), ...]``.
+
+    A unit spans ``lcm(hash_block_size, block_size)`` tokens, floored to whole engine blocks where the
+    hashed part of the prompt ends, and is named by the chained hash that covers its last token (that hash
+    names every token before it too, so equal names mean equal content). The key also encodes the unit's
+    end, so a floored tail unit is only shared with one of the same extent.
+    """
+    hashes = request.block_hashes
+    if not hashes:
+        return []
+    h = request.hash_block_size
+    span = h * block_size // gcd(h, block_size)
+    full_end = min(len(hashes) * h, request.prompt_tokens) // block_size * block_size
+    units: list[tuple[int, int]] = []
+    end = 0
+    while end < full_end:
+        end = min(end + span, full_end)
+        units.append(((hashes[(end - 1) // h] << 32) | end, end))
+    return units
+
+
+@dataclass(slots=True)
+class PrefixHit:
+    """Result of a prefix lookup: the first ``num_units`` units of the sequence are cached."""
+
+    num_units: int = 0
+    tokens: int = 0
+    evictable_blocks: int = 0  # blocks of the hit units that sit in the LRU queue (unreferenced)
+
+
+NO_HIT = PrefixHit()
+
+
+class _Entry:
+    __slots__ = ("blocks", "refs")
+
+    def __init__(self, blocks: int) -> None:
+        self.blocks = blocks
+        self.refs = 1
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be >= 1")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.free_blocks = num_blocks
+        self._entries: dict[int, _Entry] = {}
+        self._lru: OrderedDict[int, int] = OrderedDict()  # unreferenced entries, LRU first: hash -> blocks
+        self.evictable_blocks = 0
+        self.evictions = 0
+        self.queried_tokens = 0
+        self.hit_tokens = 0
+
+    # ---- queries -------------------------------------------------------------------------------
+    @property
+    def used_blocks(self) -> int:
+        """Blocks referenced by some sequence (cached but unreferenced blocks count as free)."""
+        return self.num_blocks - self.free_blocks - self.evictable_blocks
+
+    @property
+    def available_blocks(self) -> int:
+        return self.free_blocks + self.evictable_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def find_prefix(self, seq: Sequence) -> PrefixHit:
+        """Longest cached run of ``seq``'s units; never the whole sequence (one token is always computed)."""
+        if not self.enable_prefix_caching or not seq.units:
+            return NO_HIT
+        limit = seq.num_tokens - 1
+        entries = self._entries
+        n = tokens = evictable = 0
+        for h, end in seq.units:
+            if end > limit:
+                break
+            e = entries.get(h)
+            if e is None:
+                break
+            n += 1
+            tokens = end
+            if e.refs == 0:
+                evictable += e.blocks
+        return PrefixHit(n, tokens, evictable) if n else NO_HIT
+
+    # ---- admission: check / commit -------------------------------------------------------------
+    def _new_blocks_for_admission(self, hit: PrefixHit, num_new_tokens: int) -> int:
+        return self.blocks_for(hit.tokens + num_new_tokens) - hit.tokens // self.block_size
+
+    def can_allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> bool:
+        need = self._new_blocks_for_admission(hit, num_new_tokens)
+        return need <= self.free_blocks + self.evictable_blocks - hit.evictable_blocks
+
+    def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> None:
+        """Admit ``seq``: reference its ``hit`` units and give it slots for ``num_new_tokens`` more tokens."""
+        assert seq.slot_tokens == 0 and not seq.held_units and seq.private_blocks == 0, "allocate twice"
+        assert self.can_allocate(seq, num_new_tokens, hit), "allocate without room"
+        lru = self._lru
+        for h, _ in seq.units[: hit.num_units]:
+            e = self._entries[h]
+            if e.refs == 0:
+                del lru[h]
+                self.evictable_blocks -= e.blocks
+            e.refs += 1
+            seq.held_units.append(h)
+        seq.unit_idx = hit.num_units
+        seq.slot_tokens = hit.tokens
+        self.queried_tokens += seq.num_tokens
+        self.hit_tokens += hit.tokens
+        self._grow(seq, num_new_tokens)
+
+    # ---- running sequences: check / commit -----------------------------------------------------
+    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        bs = self.block_size
+        s = seq.slot_tokens
+        need = -(-(s + num_new_tokens) // bs) - -(-s // bs)
+        return need <= self.free_blocks + self.evictable_blocks
+
+    def append(self, seq: Sequence, num_new_tokens: int) -> None:
+        assert self.can_append(seq, num_new_tokens), "append without room"
+        self._grow(seq, num_new_tokens)
+
+    def append_blocks_needed(self, slot_tokens: list[int], steps: int) -> int:
+        """Blocks that ``steps`` more one-token decode steps need for sequences holding these slots."""
+        bs = self.block_size
+        return sum(-(-(s + steps) // bs) - -(-s // bs) for s in slot_tokens)
+
+    def append_decode_steps(self, seqs: list[Sequence], steps: int) -> None:
+        """Commit ``steps`` one-token steps for each of ``seqs`` at once (the macro-step's allocation)."""
+        need = self.append_blocks_needed([s.slot_tokens for s in seqs], steps)
+        assert need <= self.free_blocks + self.evictable_blocks, "append without room"
+        self._take(need)
+        bs = self.block_size
+        for seq in seqs:
+            s = seq.slot_tokens
+            seq.private_blocks += -(-(s + steps) // bs) - -(-s // bs)
+            seq.slot_tokens = s + steps
+
+    def _grow(self, seq: Sequence, num_new_tokens: int) -> None:
+        bs = self.block_size
+        s = seq.slot_tokens
+        new_slots = s + num_new_tokens
+        need = -(-new_slots // bs) - -(-s // bs)
+        self._take(need)
+        seq.private_blocks += need
+        seq.slot_tokens = new_slots
+        # Full prompt units covered by the new slots join the cache now, as in vLLM V1 (cached at allocation).
+        if seq.unit_idx < len(seq.units) and self.enable_prefix_caching:
+            self._cache_units(seq, new_slots)
+
+    def _cache_units(self, seq: Sequence, slots: int) -> None:
+        units = seq.units
+        i = seq.unit_idx
+        start = units[i - 1][1] if i else 0
+        entries = self._entries
+        while i < len(units):
+            h, end = units[i]
+            if end > slots:
+                break
+            if h not in entries:
+                blocks = (end - start) // self.block_size
+                entries[h] = _Entry(blocks)
+                seq.private_blocks -= blocks
+                seq.held_units.append(h)
+            # else: someone else cached the same content meanwhile; our copy stays private.
+            start = end
+            i += 1
+        seq.unit_idx = i
+
+    def _take(self, n: int) -> None:
+        if n > self.free_blocks:
+            lru = self._lru
+            entries = self._entries
+            while n > self.free_blocks:
+                h, blocks = lru.popitem(last=False)
+                del entries[h]
+                self.evictable_blocks -= blocks
+                self.free_blocks += blocks
+                self.evictions += 1
+        self.free_blocks -= n
+
+    # ---- release -------------------------------------------------------------------------------
+    def free(self, seq: Sequence) -> None:
+        """Release everything ``seq`` holds; its cached units stay reusable until evicted."""
+        lru = self._lru
+        entries = self._entries
+        for h in reversed(seq.held_units):
+            e = entries[h]
+            e.refs -= 1
+            assert e.refs >= 0, "cache unit released twice"
+            if e.refs == 0:
+                lru[h] = e.blocks
+                self.evictable_blocks += e.blocks
+        self.free_blocks += seq.private_blocks
+        seq.held_units = []
+        seq.private_blocks = 0
+        seq.slot_tokens = 0
+        seq.unit_idx = 0
+
+    # ---- invariants (tests) --------------------------------------------------------------------
+    def check_invariants(self, seqs: list[Sequence]) -> None:
+        """Assert block conservation and reference counts against the sequences that hold blocks."""
+        refs: dict[int, int] = {}
+        private = 0
+        for s in seqs:
+            assert s.private_blocks >= 0, f"{s.id}: negative private blocks"
+            held = sum(self._entries[h].blocks for h in s.held_units)
+            assert held + s.private_blocks == self.blocks_for(s.slot_tokens), f"{s.id}: blocks != slots"
+            private += s.private_blocks
+            for h in s.held_units:
+                refs[h] = refs.get(h, 0) + 1
+        cached = 0
+        for h, e in self._entries.items():
+            assert e.refs == refs.get(h, 0), f"unit {h}: refs {e.refs} != holders {refs.get(h, 0)}"
+            assert (h in self._lru) == (e.refs == 0), f"unit {h}: LRU membership wrong"
+            cached += e.blocks
+        assert self.evictable_blocks == sum(self._lru.values())
+        assert self.free_blocks >= 0
+        assert self.free_blocks + cached + private == self.num_blocks, "blocks leaked or double-freed"

@@ -1,0 +1,102 @@
+"""Writing results: the summary table, summary JSON and per-request / timeline CSV files.
+
+Files are byte-deterministic for the same inputs: fixed column order, ``repr`` floats, no timestamps
+(except ``wall_s`` in the summary, which measures the run itself).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from tokensched.errors import UserError
+from tokensched.simulator import SimResult
+
+REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "tenant", "status", "queue_s",
+                   "ttft_s", "tpot_s", "e2e_s", "itl_max_s", "preemptions", "prefix_hit_tokens", "finish_s", "error")
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2)
+
+
+def _ms(v: float | None) -> str:
+    return "–" if v is None else f"{v * 1e3:,.1f}"
+
+
+def print_summary(result: SimResult, console: Console, notes: list[str] = ()) -> None:  # type: ignore[assignment]
+    s, info = result.summary, result.info
+    req = s["requests"]
+    console.print(
+        f"[bold]{info['model']}[/] on {info['tp']} x {info['gpu']} · scheduler [bold]{info['scheduler']}[/] · "
+        f"{info['kv_blocks']:,} KV blocks x {info['block_size']} · budget {info['max_batched_tokens']:,} tokens · "
+        f"max {info['max_num_seqs']} seqs"
+    )
+    console.print(f"workload [bold]{result.config.workload}[/]: {req['total']:,} requests, "
+                  f"{req['completed']:,} completed, {req['failed']:,} failed, "
+                  f"{s['duration_s']:,.1f} s simulated in {s['wall_s']:.2f} s")
+    for n in notes:
+        console.print(f"[dim]note: {n}[/]")
+    t = Table(title="Latency (ms)", title_justify="left")
+    t.add_column("metric")
+    for c in ("mean", "p50", "p90", "p99"):
+        t.add_column(c, justify="right")
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E"),
+                       ("queue_s", "queueing")):
+        st = s[key]
+        t.add_row(label, *(_ms(st[c]) for c in ("mean", "p50", "p90", "p99")))
+    console.print(t)
+    th = s["throughput"]
+    t2 = Table(show_header=False, title="Throughput and resources", title_justify="left")
+    t2.add_column("k")
+    t2.add_column("v", justify="right")
+    t2.add_row("requests/s", f"{th['requests_per_s']:,.2f}")
+    t2.add_row("input tokens/s", f"{th['input_tokens_per_s']:,.0f}")
+    t2.add_row("output tokens/s", f"{th['output_tokens_per_s']:,.0f}")
+    t2.add_row("prefix cache hit rate", f"{s['prefix_cache']['hit_rate']:.1%}")
+    t2.add_row("preemptions", f"{s['preemptions']:,}")
+    t2.add_row("mean / max batch size", f"{s['batch']['mean_size']:.1f} / {s['batch']['max_size']}")
+    t2.add_row("peak KV usage", f"{s['kv_cache']['peak_usage']:.1%}")
+    slo = s["slo"]
+    if slo["attainment"] is not None:
+        t2.add_row("SLO attainment", f"{slo['attainment']:.1%}")
+        t2.add_row("goodput (requests/s)", f"{slo['goodput_requests_per_s']:,.2f}")
+    console.print(t2)
+
+
+def write_outputs(result: SimResult, out_dir: str | Path) -> list[Path]:
+    d = Path(out_dir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory: {e.strerror}", where=str(d)) from None
+    written = []
+    p = d / "summary.json"
+    p.write_text(summary_json(result.summary) + "\n", encoding="utf-8")
+    written.append(p)
+    p = d / "config.yaml"
+    p.write_text(yaml.safe_dump(result.config.model_dump(), sort_keys=False), encoding="utf-8")
+    written.append(p)
+    p = d / "requests.csv"
+    with p.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(REQUEST_COLUMNS)
+        for row in result.rows:
+            w.writerow(["" if row[c] is None else row[c] for c in REQUEST_COLUMNS])
+    written.append(p)
+    rec = result.recorder
+    p = d / "timeline.csv"
+    with p.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(("time_s", "iterations", "batch_size", "running", "waiting", "kv_used_blocks", "kv_usage"))
+        blocks = result.summary["kv_cache"]["blocks"]
+        for row in zip(rec.t_time, rec.t_iters, rec.t_batch, rec.t_running, rec.t_waiting, rec.t_used_blocks):
+            w.writerow((*row, row[-1] / blocks))
+    written.append(p)
+    return written

@@ -1,0 +1,149 @@
+"""Per-iteration batch formation: the token-budget loop.
+
+There are no prefill and decode phases (vLLM V1's model). Each iteration has a budget of
+``max_batched_tokens`` new tokens. Running sequences draw on it first, in the policy's order, each asking
+for all its missing tokens (one for a decode, the rest of the prompt for a prefill), clamped to the budget
+when the policy allows chunking. A running sequence that cannot get KV blocks preempts the policy's victim
+(recompute: its blocks are freed and it rejoins the waiting queue) until it fits or is itself the victim.
+If nothing was preempted, waiting sequences are admitted in queue order while the budget, the
+``max_num_seqs`` cap and the KV cache allow; the first that does not fit stops admission (head-of-line,
+as in vLLM). Prefix-cache hits are looked up at admission and cost no budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tokensched.kv_cache import KVCacheManager
+from tokensched.policies import SchedulerPolicy
+from tokensched.sequence import Sequence, SeqStatus
+from tokensched.timing import BatchShape
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_batched_tokens must be >= 1")
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    """One iteration's work: ``num_new[i]`` tokens of ``seqs[i]``."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+    admitted: int = 0
+    # Only decodes, every running sequence included, nothing preempted or admitted: the next iterations
+    # repeat this one until an arrival, a completion or a KV shortage (see Replica.start_step).
+    steady: bool = False
+
+    def shape(self) -> BatchShape:
+        b = BatchShape()
+        for seq, n in zip(self.seqs, self.num_new):
+            c = seq.num_computed
+            if c + n == seq.num_tokens:
+                b.num_sampled += 1
+            if n == 1 and seq.num_generated and c + 1 == seq.num_tokens:
+                b.num_decodes += 1
+                b.decode_context_sum += c + 1
+            else:
+                b.prefill_new.append(n)
+                b.prefill_cached.append(c)
+        return b
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, policy: SchedulerPolicy, kv: KVCacheManager) -> None:
+        self.config = config
+        self.policy = policy
+        self.kv = kv
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.policy)
+
+    def schedule(self, now: float) -> ScheduledBatch:
+        kv, policy, running = self.kv, self.policy, self.running
+        budget = self.config.max_batched_tokens
+        batch = ScheduledBatch()
+        seqs, news = batch.seqs, batch.num_new
+
+        for seq in list(policy.running_order(running)):
+            if budget == 0:
+                break
+            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while not kv.can_append(seq, n):
+                victim = policy.pick_victim(running)
+                if victim in seqs:  # already batched this step: give its budget back
+                    i = seqs.index(victim)
+                    budget += news[i]
+                    del seqs[i], news[i]
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                kv.append(seq, n)
+                seqs.append(seq)
+                news.append(n)
+                budget -= n
+
+        if not batch.preempted:
+            max_seqs = self.config.max_num_seqs
+            while len(policy) and len(running) < max_seqs and budget > 0:
+                seq = policy.peek()
+                hit = kv.find_prefix(seq)
+                n = seq.num_tokens - hit.tokens
+                if n > budget:
+                    if policy.chunked_prefill:
+                        n = budget
+                    elif seqs:  # whole prompts only: wait for an iteration with room
+                        break
+                if not kv.can_allocate(seq, n, hit):
+                    break
+                policy.pop()
+                kv.allocate(seq, n, hit)
+                seq.num_computed = hit.tokens  # cached tokens count as computed
+                seq.status = SeqStatus.RUNNING
+                if seq.first_scheduled_s is None:
+                    seq.first_scheduled_s = now
+                    seq.prefix_hit_tokens = hit.tokens
+                running.append(seq)
+                seqs.append(seq)
+                news.append(n)
+                budget -= n
+                batch.admitted += 1
+        # Whatever stopped admission (seat cap, budget, KV room) cannot lift while only decodes run: they
+        # use a constant budget and only consume blocks. So a steady batch repeats until an event.
+        batch.steady = (
+            not batch.preempted
+            and not batch.admitted
+            and len(seqs) == len(running)
+            and all(n == 1 for n in news)
+            and all(s.num_generated and s.num_computed + 1 == s.num_tokens for s in seqs)
+        )
+        return batch
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Recompute preemption: drop the KV, keep the outputs, resume first from the waiting queue."""
+        self.running.remove(seq)
+        self.kv.free(seq)
+        seq.num_computed = 0
+        seq.status = SeqStatus.WAITING
+        seq.preemptions += 1
+        self.num_preemptions += 1
+        self.policy.requeue(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.kv.free(seq)
+        seq.status = SeqStatus.FINISHED

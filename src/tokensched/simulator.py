@@ -1,0 +1,168 @@
+"""The discrete-event core and the one-call ``simulate`` entry point.
+
+Events are plain tuples in one heap keyed by ``(time, priority, sequence)``: the sequence number breaks
+ties in insertion order, so a run is a pure function of its inputs. At equal times a step's end is handled
+before arrivals, and arrivals before the next scheduling decision, so a batch formed at ``t`` sees every
+request that arrived by ``t``. Arrivals are fed lazily from the sorted workload (one pending at a time),
+and the next arrival's time is the horizon up to which a replica may macro-step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tokensched.config import SimConfig
+from tokensched.engine import Replica, Step
+from tokensched.errors import UserError
+from tokensched.hardware import GPU, get_gpu
+from tokensched.kv_cache import KVCacheManager
+from tokensched.metrics import MetricsRecorder, request_rows, summarize
+from tokensched.models import ModelConfig, get_model
+from tokensched.policies import get_scheduler
+from tokensched.request import Request
+from tokensched.scheduler import SchedulerConfig
+from tokensched.timing import RooflineTiming, TimingModel
+
+STEP_END, ARRIVAL, SCHEDULE = 0, 1, 2  # priorities at equal time
+
+ACTIVATION_RESERVE_BYTES = 1.3e9  # per GPU: activations, CUDA graphs, allocator slack (see docs/timing.md)
+
+
+def kv_capacity_blocks(model: ModelConfig, gpu: GPU, tp: int, block_size: int, utilization: float) -> int:
+    """KV blocks that fit beside the weights on each of ``tp`` GPUs, as vLLM sizes its cache.
+
+    Per GPU: ``utilization * memory - weights / tp - activation reserve``, divided by the bytes of one
+    block's KV on one GPU (KV heads are split across GPUs, replicated when ``tp`` exceeds them).
+    """
+    kv_heads = -(-model.num_kv_heads // tp)
+    bytes_per_block = 2 * model.num_layers * kv_heads * model.head_dim * model.dtype_bytes * block_size
+    free = utilization * gpu.hbm_bytes - model.weight_bytes / tp - ACTIVATION_RESERVE_BYTES
+    if free < bytes_per_block:
+        raise UserError(
+            f"model {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves no room for a KV cache "
+            f"on {tp} x {gpu.key}; raise --tp or use a larger GPU"
+        )
+    return int(free // bytes_per_block)
+
+
+class Simulator:
+    """Runs one replica against a workload in simulated time."""
+
+    def __init__(self, replica: Replica, requests: list[Request]) -> None:
+        self.replica = replica
+        self.requests = requests
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, int, Any]] = []
+        self._seq = 0
+        self._next_arrival = 0
+        self._schedule_pending = False
+        self.horizon = float("inf")
+
+    def _push(self, t: float, prio: int, kind: int, payload: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, prio, self._seq, kind, payload))
+
+    def _feed_arrival(self) -> None:
+        """Push the next arrival; its time is the horizon for macro-steps (inf when none is left)."""
+        if self._next_arrival < len(self.requests):
+            r = self.requests[self._next_arrival]
+            self._next_arrival += 1
+            self._push(r.arrival_s, ARRIVAL, ARRIVAL, r)
+            self.horizon = r.arrival_s
+        else:
+            self.horizon = float("inf")
+
+    def run(self, on_progress: Callable[[int], None] | None = None) -> None:
+        rep = self.replica
+        heap = self._heap
+        self._feed_arrival()
+        finished = 0
+        while heap:
+            t, _, _, kind, payload = heapq.heappop(heap)
+            assert t >= self.now, "time went backwards"
+            self.now = t
+            if kind == STEP_END:
+                done = rep.finish_step(payload)
+                if done and on_progress is not None:
+                    finished += len(done)
+                    on_progress(finished)
+                self._schedule_pending = True
+                self._push(t, SCHEDULE, SCHEDULE)
+            elif kind == ARRIVAL:
+                rep.add_request(payload, t)
+                self._feed_arrival()
+                if not rep.busy and not self._schedule_pending:
+                    self._schedule_pending = True
+                    self._push(t, SCHEDULE, SCHEDULE)
+            else:  # SCHEDULE
+                self._schedule_pending = False
+                step: Step | None = rep.start_step(t, self.horizon)
+                if step is not None:
+                    self._push(step.end, STEP_END, STEP_END, step)
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]]
+    recorder: MetricsRecorder
+    info: dict[str, Any]
+
+
+def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel | None = None) -> tuple[Replica, dict[str, Any]]:
+    """Resolve names, size the KV cache and check that every request can ever fit."""
+    model = get_model(cfg.model)
+    gpu = get_gpu(cfg.gpu)
+    spec = get_scheduler(cfg.scheduler)
+    max_model_len = cfg.max_model_len or model.max_position_embeddings
+    if cfg.kv_blocks is not None:
+        blocks = cfg.kv_blocks
+    else:
+        blocks = kv_capacity_blocks(model, gpu, cfg.tp, cfg.block_size, cfg.gpu_memory_utilization)
+    budget = cfg.max_batched_tokens or spec.max_batched_tokens or max_model_len
+    capacity = blocks * cfg.block_size
+    longest = max((r for r in requests if r.prompt_tokens + r.output_tokens <= max_model_len),
+                  key=lambda r: r.prompt_tokens + r.output_tokens, default=None)
+    if longest is not None and longest.prompt_tokens + longest.output_tokens > capacity:
+        need = longest.prompt_tokens + longest.output_tokens
+        raise UserError(
+            f"KV cache too small: {blocks} blocks x {cfg.block_size} tokens = {capacity} tokens, but request "
+            f"{longest.id} needs {need}; raise --kv-blocks or --tp, or lower --max-model-len to reject such requests"
+        )
+    kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching)
+    replica = Replica(
+        SchedulerConfig(cfg.max_num_seqs, budget),
+        spec.factory(),
+        kv,
+        timing or RooflineTiming(model, gpu, cfg.tp),
+        max_model_len=max_model_len,
+        macro_steps=cfg.macro_steps,
+    )
+    info = {"model": model.name, "gpu": gpu.key, "tp": cfg.tp, "scheduler": cfg.scheduler,
+            "kv_blocks": blocks, "block_size": cfg.block_size, "max_batched_tokens": budget,
+            "max_num_seqs": cfg.max_num_seqs, "max_model_len": max_model_len,
+            "prefix_caching": cfg.prefix_caching}
+    return replica, info
+
+
+def simulate(
+    cfg: SimConfig,
+    requests: list[Request],
+    *,
+    timing: TimingModel | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> SimResult:
+    """Simulate ``requests`` (sorted by arrival) on one replica described by ``cfg``."""
+    t0 = time.perf_counter()
+    replica, info = build_replica(cfg, requests, timing)
+    sim = Simulator(replica, requests)
+    sim.run(on_progress)
+    rec = replica.metrics
+    summary = summarize(rec, replica.kv, preemptions=replica.scheduler.num_preemptions,
+                        slo_ttft_s=cfg.slo_ttft, slo_tpot_s=cfg.slo_tpot)
+    summary["wall_s"] = time.perf_counter() - t0
+    return SimResult(cfg, summary, request_rows(rec.finished), rec, info)
