@@ -148,19 +148,22 @@ class Replica:
         done: list[Sequence] = []
         if step.iterations == 1:
             end = step.end
+            itls = rec.itl_values
             for seq, n in zip(step.batch.seqs, step.batch.num_new):
-                seq.num_computed += n
-                if seq.num_computed == seq.num_tokens:
-                    seq.num_generated += 1
+                c = seq.num_computed + n
+                seq.num_computed = c
+                if c == seq.num_tokens:  # all known tokens computed: sample one more
+                    seq.num_tokens = c + 1
+                    g = seq.num_generated = seq.num_generated + 1
                     if seq.first_token_s is None:
                         seq.first_token_s = end
                     else:
                         itl = end - seq.last_token_s  # type: ignore[operator]
-                        rec.itl_values.append(itl)
+                        itls.append(itl)
                         if itl > seq.itl_max_s:
                             seq.itl_max_s = itl
                     seq.last_token_s = end
-                    if seq.num_generated == seq.output_tokens:
+                    if g == seq.output_tokens:
                         done.append(seq)
         else:
             k = step.iterations
@@ -174,6 +177,7 @@ class Replica:
             for seq in step.batch.seqs:
                 seq.num_computed += k
                 seq.num_generated += k
+                seq.num_tokens += k
                 first_itl = first_end - seq.last_token_s  # type: ignore[operator]
                 rec.itl_values.append(first_itl)
                 seq.itl_max_s = max(seq.itl_max_s, first_itl, tail_max)

@@ -154,6 +154,24 @@ class KVCacheManager:
         assert self.can_append(seq, num_new_tokens), "append without room"
         self._grow(seq, num_new_tokens)
 
+    def try_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """``can_append`` then ``append`` in one call (the scheduler's hot loop); False changes nothing."""
+        bs = self.block_size
+        s = seq.slot_tokens
+        new_slots = s + num_new_tokens
+        need = -(-new_slots // bs) - -(-s // bs)
+        if need > self.free_blocks:
+            if need > self.free_blocks + self.evictable_blocks:
+                return False
+            self._take(need)
+        else:
+            self.free_blocks -= need
+        seq.private_blocks += need
+        seq.slot_tokens = new_slots
+        if seq.unit_idx < len(seq.units) and self.enable_prefix_caching:
+            self._cache_units(seq, new_slots)
+        return True
+
     def append_blocks_needed(self, slot_tokens: list[int], steps: int) -> int:
         """Blocks that ``steps`` more one-token decode steps need for sequences holding these slots."""
         bs = self.block_size

@@ -43,17 +43,22 @@ class ScheduledBatch:
     steady: bool = False
 
     def shape(self) -> BatchShape:
+        """What the timing model needs; call before the step's results are applied."""
         b = BatchShape()
+        pn, pc = b.prefill_new, b.prefill_cached
+        sampled = decodes = ctx = 0
         for seq, n in zip(self.seqs, self.num_new):
             c = seq.num_computed
-            if c + n == seq.num_tokens:
-                b.num_sampled += 1
-            if n == 1 and seq.num_generated and c + 1 == seq.num_tokens:
-                b.num_decodes += 1
-                b.decode_context_sum += c + 1
-            else:
-                b.prefill_new.append(n)
-                b.prefill_cached.append(c)
+            t = seq.num_tokens
+            if c + n == t:
+                sampled += 1
+                if n == 1 and seq.num_generated:
+                    decodes += 1
+                    ctx += t
+                    continue
+            pn.append(n)
+            pc.append(c)
+        b.num_sampled, b.num_decodes, b.decode_context_sum = sampled, decodes, ctx
         return b
 
 
@@ -75,12 +80,20 @@ class Scheduler:
         batch = ScheduledBatch()
         seqs, news = batch.seqs, batch.num_new
 
+        RUNNING = SeqStatus.RUNNING
         for seq in list(policy.running_order(running)):
             if budget == 0:
                 break
-            if seq.status is not SeqStatus.RUNNING:  # preempted earlier in this loop
+            if seq.status is not RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            n = seq.num_tokens - seq.num_computed
+            if n > budget:
+                n = budget
+            if kv.try_append(seq, n):
+                seqs.append(seq)
+                news.append(n)
+                budget -= n
+                continue
             while not kv.can_append(seq, n):
                 victim = policy.pick_victim(running)
                 if victim in seqs:  # already batched this step: give its budget back
@@ -128,7 +141,7 @@ class Scheduler:
             not batch.preempted
             and not batch.admitted
             and len(seqs) == len(running)
-            and all(n == 1 for n in news)
+            and budget == self.config.max_batched_tokens - len(seqs)  # every sequence took exactly one token
             and all(s.num_generated and s.num_computed + 1 == s.num_tokens for s in seqs)
         )
         return batch

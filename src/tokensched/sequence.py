@@ -25,7 +25,7 @@ class SeqStatus(IntEnum):
 
 class Sequence:
     __slots__ = (
-        "request", "prompt_tokens", "output_tokens", "num_computed", "num_generated", "status",
+        "request", "prompt_tokens", "output_tokens", "num_tokens", "num_computed", "num_generated", "status",
         # KV cache state, owned by KVCacheManager
         "units", "unit_idx", "held_units", "private_blocks", "slot_tokens",
         # metrics
@@ -37,6 +37,9 @@ class Sequence:
         self.request = request
         self.prompt_tokens = request.prompt_tokens
         self.output_tokens = request.output_tokens
+        # Tokens known so far: the prompt and every output sampled (kept across preemptions). A field, not a
+        # property, because the scheduler reads it for every running sequence every step.
+        self.num_tokens = request.prompt_tokens
         self.num_computed = 0
         self.num_generated = 0
         self.status = SeqStatus.WAITING
@@ -58,11 +61,6 @@ class Sequence:
     @property
     def id(self) -> str:
         return self.request.id
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens known so far: the prompt and every output sampled (kept across preemptions)."""
-        return self.prompt_tokens + self.num_generated
 
     @property
     def is_decoding(self) -> bool:
