@@ -160,13 +160,14 @@ def list_cmd(what: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for every user mistake."""
+    if not (sys.argv[1:] if argv is None else argv):
+        click.echo(cli.get_help(click.Context(cli, info_name="tokensched")))
+        return 0
     try:
         cli.main(args=argv, prog_name="tokensched", standalone_mode=False)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         return 2
-    except click.exceptions.NoArgsIsHelp:  # pragma: no cover - depends on click version
-        return 0
     except click.UsageError as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return 2

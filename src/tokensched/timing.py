@@ -66,11 +66,11 @@ class RooflineParams:
 
     gemm_compute_eff: float = 0.70  # fraction of dense BF16 peak reached by large GEMMs
     attn_compute_eff: float = 0.50  # FlashAttention prefill reaches about half of peak
-    memory_eff: float = 0.80  # fraction of HBM bandwidth reached by streaming weights and KV
+    memory_eff: float = 0.90  # fraction of HBM bandwidth reached by streaming weights and KV
     link_eff: float = 0.70  # fraction of NVLink/PCIe bandwidth reached by ring all-reduce
     allreduce_latency_s: float = 8e-6  # per all-reduce launch and synchronisation
-    iteration_overhead_s: float = 2.0e-3  # per iteration: scheduler, input preparation, sampling, launch gaps
-    per_seq_overhead_s: float = 10e-6  # per sequence in the batch: bookkeeping and detokenisation
+    iteration_overhead_s: float = 1.5e-3  # per iteration: scheduler, input preparation, sampling, launch gaps
+    per_seq_overhead_s: float = 5e-6  # per sequence in the batch: bookkeeping and detokenisation
 
     def __post_init__(self) -> None:
         for name in ("gemm_compute_eff", "attn_compute_eff", "memory_eff", "link_eff"):

@@ -1,0 +1,5 @@
+import sys
+
+from tokensched.cli import main
+
+sys.exit(main())
