@@ -25,6 +25,11 @@ _SIM_OPTIONS = [
     click.option("--gpu", "-g", help="GPU type. [default: h100]"),
     click.option("--tp", type=int, help="Tensor-parallel degree. [default: 1]"),
     click.option("--scheduler", "-s", help="Batch-formation policy: vllm, sarathi, orca. [default: vllm]"),
+    click.option("--admission", help="Admission regime: aggressive, conservative, ... [default: aggressive]"),
+    click.option("--preemption", help="Preemption mode: recompute or swap. [default: recompute]"),
+    click.option("--eviction", help="Prefix-cache eviction: lru, lfu, priority. [default: lru]"),
+    click.option("--policy-option", "policy_option", multiple=True, metavar="KEY=VALUE",
+                 help="A knob of the chosen policies (repeatable), e.g. --policy-option block_group=8."),
     click.option("--max-num-seqs", type=int, help="Cap on running sequences. [default: 256]"),
     click.option("--max-batched-tokens", type=int, help="Token budget per iteration. [default: per scheduler]"),
     click.option("--block-size", type=int, help="Tokens per KV block. [default: 16]"),
@@ -40,6 +45,22 @@ _SIM_OPTIONS = [
     click.option("--slo-tpot", help="TPOT SLO, e.g. 50ms."),
     click.option("--macro-steps/--no-macro-steps", default=None, help="Advance steady decode batches in one step."),
 ]
+
+
+def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are parsed as YAML scalars (numbers, booleans, lists) when they can be."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        key, sep, raw = p.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected KEY=VALUE, got {p!r}", where="--policy-option")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
 
 
 def _sim_options(f: Any) -> Any:
@@ -73,10 +94,13 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
     if config_path:
         values, lines = load_config_file(config_path)
         source = config_path
+    option_pairs = flags.pop("policy_option", ())
     for name, v in flags.items():
         if v is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             values[name] = v
             lines.pop(name, None)
+    if option_pairs:
+        values["policy_options"] = {**values.get("policy_options", {}), **parse_options(option_pairs)}
     cfg = make_config(values, source=source, lines=lines)
     workload = load_workload(cfg.workload, num_requests=cfg.num_requests, qps=cfg.qps, seed=cfg.seed,
                              window=cfg.window_bounds(), fmt=trace_format)

@@ -20,7 +20,8 @@ import numpy as np
 
 from tokensched.kv_cache import KVCacheManager, prompt_units
 from tokensched.metrics import MetricsRecorder
-from tokensched.policies import SchedulerPolicy
+from tokensched.policies.base import AdmissionPolicy, SchedulerPolicy
+from tokensched.preemption import PreemptionMode
 from tokensched.request import Request
 from tokensched.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from tokensched.sequence import Sequence, SeqStatus
@@ -49,8 +50,11 @@ class Replica:
         max_model_len: int,
         metrics: MetricsRecorder | None = None,
         macro_steps: bool = True,
+        admission: AdmissionPolicy | None = None,
+        preemption: PreemptionMode | None = None,
     ) -> None:
-        self.scheduler = Scheduler(config, policy, kv)
+        self.scheduler = Scheduler(config, policy, kv, admission, preemption)
+        self.policy = policy
         self.kv = kv
         self.timing = timing
         self.max_model_len = max_model_len
@@ -67,7 +71,7 @@ class Replica:
             seq.reject_reason = f"prompt+output {total} > max_model_len {self.max_model_len}"
             self.metrics.on_finish(seq)
             return seq
-        self.scheduler.policy.add(seq)
+        self.scheduler.policy.add(seq, now)
         return seq
 
     @property
@@ -90,6 +94,8 @@ class Replica:
                 self.metrics.on_step(now, step.iterations, len(batch.seqs), sched, self.kv)
                 return step
         dt = self.timing.iteration_time(batch.shape())
+        if batch.swap_s:
+            dt = max(dt, batch.swap_s) if sched.preemption.overlap else dt + batch.swap_s
         self.metrics.on_step(now, 1, len(batch.seqs), sched, self.kv)
         return Step(batch, now, now + dt)
 
@@ -184,8 +190,16 @@ class Replica:
                 seq.last_token_s = end
                 if seq.num_generated == seq.output_tokens:
                     done.append(seq)
+        if self.policy.wants_token_events:
+            on_tokens = self.policy.on_tokens
+            if step.iterations == 1:
+                for seq, n in zip(step.batch.seqs, step.batch.num_new):
+                    on_tokens(seq, n, 1 if seq.num_computed == seq.num_tokens - 1 else 0)
+            else:
+                for seq in step.batch.seqs:
+                    on_tokens(seq, step.iterations, step.iterations)
         for seq in done:
-            sched.finish(seq)
+            sched.finish(seq, seq.last_token_s)  # type: ignore[arg-type]
             seq.finish_s = seq.last_token_s
             rec.on_finish(seq)
         return done

@@ -20,10 +20,10 @@ so the tail of a prompt is evicted before its head (as vLLM's free-block queue d
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from math import gcd
 
+from tokensched.eviction import Evictor, LRUEvictor
 from tokensched.request import Request
 from tokensched.sequence import Sequence
 
@@ -63,15 +63,18 @@ NO_HIT = PrefixHit()
 
 
 class _Entry:
-    __slots__ = ("blocks", "refs")
+    __slots__ = ("blocks", "refs", "hits", "priority")
 
-    def __init__(self, blocks: int) -> None:
+    def __init__(self, blocks: int, priority: int) -> None:
         self.blocks = blocks
         self.refs = 1
+        self.hits = 1  # admissions that used this unit, its creation included (for LFU)
+        self.priority = priority  # of the last sequence that held it (for priority-aware eviction)
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 evictor: Evictor | None = None) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be >= 1")
         self.num_blocks = num_blocks
@@ -79,7 +82,7 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.free_blocks = num_blocks
         self._entries: dict[int, _Entry] = {}
-        self._lru: OrderedDict[int, int] = OrderedDict()  # unreferenced entries, LRU first: hash -> blocks
+        self._lru: Evictor = evictor if evictor is not None else LRUEvictor()  # unreferenced entries
         self.evictable_blocks = 0
         self.evictions = 0
         self.queried_tokens = 0
@@ -125,22 +128,27 @@ class KVCacheManager:
         need = self._new_blocks_for_admission(hit, num_new_tokens)
         return need <= self.free_blocks + self.evictable_blocks - hit.evictable_blocks
 
-    def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> None:
-        """Admit ``seq``: reference its ``hit`` units and give it slots for ``num_new_tokens`` more tokens."""
+    def allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit, *, count_query: bool = True) -> None:
+        """Admit ``seq``: reference its ``hit`` units and give it slots for ``num_new_tokens`` more tokens.
+
+        ``count_query=False`` for a swapped-in sequence, which did not look the prefix cache up.
+        """
         assert seq.slot_tokens == 0 and not seq.held_units and seq.private_blocks == 0, "allocate twice"
         assert self.can_allocate(seq, num_new_tokens, hit), "allocate without room"
         lru = self._lru
         for h, _ in seq.units[: hit.num_units]:
             e = self._entries[h]
             if e.refs == 0:
-                del lru[h]
+                lru.remove(h)
                 self.evictable_blocks -= e.blocks
             e.refs += 1
+            e.hits += 1
             seq.held_units.append(h)
         seq.unit_idx = hit.num_units
         seq.slot_tokens = hit.tokens
-        self.queried_tokens += seq.num_tokens
-        self.hit_tokens += hit.tokens
+        if count_query:
+            self.queried_tokens += seq.num_tokens
+            self.hit_tokens += hit.tokens
         self._grow(seq, num_new_tokens)
 
     # ---- running sequences: check / commit -----------------------------------------------------
@@ -211,7 +219,7 @@ class KVCacheManager:
                 break
             if h not in entries:
                 blocks = (end - start) // self.block_size
-                entries[h] = _Entry(blocks)
+                entries[h] = _Entry(blocks, seq.request.priority)
                 seq.private_blocks -= blocks
                 seq.held_units.append(h)
             # else: someone else cached the same content meanwhile; our copy stays private.
@@ -224,7 +232,7 @@ class KVCacheManager:
             lru = self._lru
             entries = self._entries
             while n > self.free_blocks:
-                h, blocks = lru.popitem(last=False)
+                h, blocks = lru.pop()
                 del entries[h]
                 self.evictable_blocks -= blocks
                 self.free_blocks += blocks
@@ -236,12 +244,14 @@ class KVCacheManager:
         """Release everything ``seq`` holds; its cached units stay reusable until evicted."""
         lru = self._lru
         entries = self._entries
+        prio = seq.request.priority
         for h in reversed(seq.held_units):
             e = entries[h]
             e.refs -= 1
             assert e.refs >= 0, "cache unit released twice"
+            e.priority = prio
             if e.refs == 0:
-                lru[h] = e.blocks
+                lru.push(h, e.blocks, e.hits, prio)
                 self.evictable_blocks += e.blocks
         self.free_blocks += seq.private_blocks
         seq.held_units = []
@@ -266,6 +276,6 @@ class KVCacheManager:
             assert e.refs == refs.get(h, 0), f"unit {h}: refs {e.refs} != holders {refs.get(h, 0)}"
             assert (h in self._lru) == (e.refs == 0), f"unit {h}: LRU membership wrong"
             cached += e.blocks
-        assert self.evictable_blocks == sum(self._lru.values())
+        assert self.evictable_blocks == self._lru.values_sum()
         assert self.free_blocks >= 0
         assert self.free_blocks + cached + private == self.num_blocks, "blocks leaked or double-freed"

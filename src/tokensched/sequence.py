@@ -30,7 +30,7 @@ class Sequence:
         "units", "unit_idx", "held_units", "private_blocks", "slot_tokens",
         # metrics
         "first_scheduled_s", "first_token_s", "last_token_s", "finish_s", "itl_max_s",
-        "preemptions", "prefix_hit_tokens", "reject_reason",
+        "preemptions", "prefix_hit_tokens", "reject_reason", "swapped_tokens", "policy_state",
     )
 
     def __init__(self, request: Request, units: list[tuple[int, int]]) -> None:
@@ -57,6 +57,8 @@ class Sequence:
         self.preemptions = 0
         self.prefix_hit_tokens: int | None = None
         self.reject_reason: str | None = None
+        self.swapped_tokens = 0  # tokens whose KV waits in CPU memory (swap preemption); 0 when not swapped
+        self.policy_state: object = None  # free slot for the scheduler policy (predicted length, group, ...)
 
     @property
     def id(self) -> str:

@@ -21,7 +21,9 @@ from tokensched.hardware import GPU, get_gpu
 from tokensched.kv_cache import KVCacheManager
 from tokensched.metrics import MetricsRecorder, request_rows, summarize
 from tokensched.models import ModelConfig, get_model
-from tokensched.policies import get_scheduler
+from tokensched.eviction import make_evictor
+from tokensched.policies import get_admission, get_scheduler, split_options
+from tokensched.preemption import get_preemption
 from tokensched.request import Request
 from tokensched.scheduler import SchedulerConfig
 from tokensched.timing import RooflineTiming, TimingModel
@@ -133,16 +135,28 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
             f"KV cache too small: {blocks} blocks x {cfg.block_size} tokens = {capacity} tokens, but request "
             f"{longest.id} needs {need}; raise --kv-blocks or --tp, or lower --max-model-len to reject such requests"
         )
-    kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching)
+    admission_cls = get_admission(cfg.admission)
+    preemption_cls = get_preemption(cfg.preemption)
+    opts = split_options(cfg.policy_options, {
+        f"scheduler {cfg.scheduler}": spec.factory.Options,
+        f"admission {cfg.admission}": admission_cls.Options,
+        f"preemption {cfg.preemption}": preemption_cls.Options,
+    })
+    kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching,
+                        evictor=make_evictor(cfg.eviction))
     replica = Replica(
         SchedulerConfig(cfg.max_num_seqs, budget),
-        spec.factory(),
+        spec.factory(opts[f"scheduler {cfg.scheduler}"]),
         kv,
         timing or RooflineTiming(model, gpu, cfg.tp),
         max_model_len=max_model_len,
         macro_steps=cfg.macro_steps,
+        admission=admission_cls(opts[f"admission {cfg.admission}"], max_model_len=max_model_len),
+        preemption=preemption_cls(opts[f"preemption {cfg.preemption}"], model=model, gpu=gpu, tp=cfg.tp,
+                                  block_size=cfg.block_size),
     )
     info = {"model": model.name, "gpu": gpu.key, "tp": cfg.tp, "scheduler": cfg.scheduler,
+            "admission": cfg.admission, "preemption": cfg.preemption, "eviction": cfg.eviction,
             "kv_blocks": blocks, "block_size": cfg.block_size, "max_batched_tokens": budget,
             "max_num_seqs": cfg.max_num_seqs, "max_model_len": max_model_len,
             "prefix_caching": cfg.prefix_caching}
