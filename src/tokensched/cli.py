@@ -138,7 +138,8 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
 
 @cli.command(name="list")
 @click.argument("what", required=False,
-                type=click.Choice(["schedulers", "models", "gpus", "presets", "formats"], case_sensitive=False))
+                type=click.Choice(["schedulers", "policies", "models", "gpus", "presets", "formats"],
+                                  case_sensitive=False))
 def list_cmd(what: str | None) -> None:
     """Show schedulers, models, GPUs, workload presets and trace formats."""
     from tokensched.hardware import GPUS
@@ -147,12 +148,27 @@ def list_cmd(what: str | None) -> None:
     from tokensched.workload import PRESETS, TRACE_FORMATS
 
     console = Console()
-    show = [what.lower()] if what else ["schedulers", "models", "gpus", "presets", "formats"]
+    show = [what.lower()] if what else ["schedulers", "policies", "models", "gpus", "presets", "formats"]
     if "schedulers" in show:
-        t = Table("scheduler", "default budget", "description", "reference", title="Schedulers", title_justify="left")
+        t = Table("scheduler", "default budget", "description", "reference", "options", title="Schedulers",
+                  title_justify="left")
         for k, s in SCHEDULERS.items():
             t.add_row(k, "max_model_len" if s.max_batched_tokens is None else str(s.max_batched_tokens),
-                      s.description, s.reference)
+                      s.description, s.reference, ", ".join(s.factory.Options.model_fields) or "–")
+        console.print(t)
+    if "policies" in show:
+        from tokensched.eviction import EVICTORS
+        from tokensched.policies import ADMISSIONS
+        from tokensched.preemption import PREEMPTIONS
+
+        t = Table("flag", "name", "description", "options", title="Admission, preemption and eviction policies",
+                  title_justify="left")
+        for flag, reg in (("--admission", {k: (c, d) for k, (c, d) in ADMISSIONS.items()}),
+                          ("--preemption", {k: (c, d) for k, (c, d) in PREEMPTIONS.items()}),
+                          ("--eviction", {k: (None, d) for k, (_, d) in EVICTORS.items()})):
+            for k, (cls, d) in reg.items():
+                opts = ", ".join(getattr(cls, "Options").model_fields) if cls is not None else ""
+                t.add_row(flag, k, d, opts or "–")
         console.print(t)
     if "models" in show:
         t = Table("model", "params", "layers", "hidden", "heads/kv", "experts", "max len", title="Models",
