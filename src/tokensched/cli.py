@@ -44,6 +44,15 @@ _SIM_OPTIONS = [
     click.option("--slo-ttft", help="TTFT SLO, e.g. 500ms."),
     click.option("--slo-tpot", help="TPOT SLO, e.g. 50ms."),
     click.option("--macro-steps/--no-macro-steps", default=None, help="Advance steady decode batches in one step."),
+    click.option("--replicas", type=int, help="Identical replicas behind a router. [default: 1]"),
+    click.option("--router", help="Router for several replicas (see `tokensched list routers`). [default: round-robin]"),
+    click.option("--router-option", "router_option", multiple=True, metavar="KEY=VALUE",
+                 help="A knob of the router (repeatable), e.g. --router-option cache_threshold=0.5."),
+    click.option("--report-interval", help="How often replicas report load to the router, e.g. 500ms. [default: 0]"),
+    click.option("--router-latency", help="Router's own time per request, e.g. 2ms. [default: 0]"),
+    click.option("--price-per-gpu-hour", type=float, help="USD per GPU-hour, for the cost report."),
+    click.option("--timing", help="Timing backend: roofline, measured (see `tokensched list timing`). [default: roofline]"),
+    click.option("--timing-coefficients", help="Roofline coefficients JSON from `tokensched calibrate`. [default: shipped fit]"),
 ]
 
 
@@ -95,12 +104,15 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
         values, lines = load_config_file(config_path)
         source = config_path
     option_pairs = flags.pop("policy_option", ())
+    router_pairs = flags.pop("router_option", ())
     for name, v in flags.items():
         if v is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             values[name] = v
             lines.pop(name, None)
     if option_pairs:
         values["policy_options"] = {**values.get("policy_options", {}), **parse_options(option_pairs)}
+    if router_pairs:
+        values["router_options"] = {**values.get("router_options", {}), **parse_options(router_pairs)}
     cfg = make_config(values, source=source, lines=lines)
     workload = load_workload(cfg.workload, num_requests=cfg.num_requests, qps=cfg.qps, seed=cfg.seed,
                              window=cfg.window_bounds(), fmt=trace_format)
@@ -122,23 +134,27 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
 
         progress.start()
     try:
-        result = run_sim(cfg, workload.requests, on_progress=on_progress)
+        if cfg.is_cluster:
+            from tokensched.cluster.sim import simulate_cluster
+
+            result: Any = simulate_cluster(cfg, workload.requests, on_progress=on_progress)
+        else:
+            result = run_sim(cfg, workload.requests, on_progress=on_progress)
     finally:
         if progress is not None:
             progress.stop()
-    if output:
-        write_outputs(result, output)
+    written = write_outputs(result, output) if output else []
     if as_json:
         click.echo(summary_json(result.summary))
     else:
         print_summary(result, Console(), workload.notes)
-        if output:
-            Console().print(f"[dim]wrote summary.json, requests.csv, timeline.csv, config.yaml to {output}[/]")
+        if written:
+            Console().print(f"[dim]wrote {', '.join(p.name for p in written)} to {output}[/]")
 
 
 @cli.command(name="list")
 @click.argument("what", required=False,
-                type=click.Choice(["schedulers", "policies", "models", "gpus", "presets", "formats"],
+                type=click.Choice(["schedulers", "policies", "models", "gpus", "timing", "presets", "formats"],
                                   case_sensitive=False))
 def list_cmd(what: str | None) -> None:
     """Show schedulers, models, GPUs, workload presets and trace formats."""
@@ -148,7 +164,7 @@ def list_cmd(what: str | None) -> None:
     from tokensched.workload import PRESETS, TRACE_FORMATS
 
     console = Console()
-    show = [what.lower()] if what else ["schedulers", "policies", "models", "gpus", "presets", "formats"]
+    show = [what.lower()] if what else ["schedulers", "policies", "models", "gpus", "timing", "presets", "formats"]
     if "schedulers" in show:
         t = Table("scheduler", "default budget", "description", "reference", "options", title="Schedulers",
                   title_justify="left")
@@ -186,6 +202,13 @@ def list_cmd(what: str | None) -> None:
             t.add_row(k, g.name, f"{g.bf16_flops / 1e12:,.0f}", f"{g.hbm_bandwidth / 1e9:,.0f}",
                       f"{g.hbm_bytes / 2**30:,.1f}", f"{g.interconnect_bandwidth / 1e9:,.0f} ({g.interconnect})")
         console.print(t)
+    if "timing" in show:
+        from tokensched.timing_backends import TIMING_BACKENDS
+
+        t = Table("timing", "description", title="Timing backends (--timing)", title_justify="left")
+        for k, b in TIMING_BACKENDS.items():
+            t.add_row(k, b.description)
+        console.print(t)
     if "presets" in show:
         t = Table("preset", "description", "source", title="Workload presets", title_justify="left")
         for k, p in PRESETS.items():
@@ -196,6 +219,11 @@ def list_cmd(what: str | None) -> None:
         for k, d in TRACE_FORMATS.items():
             t.add_row(k, d)
         console.print(t)
+
+
+from tokensched import cli_compare  # noqa: E402,F401  (registers `compare`)
+from tokensched.cli_validate import validate as _validate; cli.add_command(_validate)  # noqa: E402,E702
+from tokensched import cli_calibrate  # noqa: E402,F401  (registers `profile` and `calibrate`)
 
 
 def main(argv: list[str] | None = None) -> int:

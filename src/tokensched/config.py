@@ -44,11 +44,25 @@ class SimConfig(BaseModel):
     slo_ttft: float | None = Field(None, description="TTFT SLO (seconds or with units)")
     slo_tpot: float | None = Field(None, description="TPOT SLO (seconds or with units)")
     macro_steps: bool = Field(True, description="advance steady decode batches many iterations at once")
+    # cluster (see docs/cluster.md)
+    replicas: int = Field(1, ge=1, le=4096, description="identical replicas (ignored when 'cluster' is given)")
+    router: str = Field("round-robin", description="how arrivals are spread over replicas")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="knobs of the router")
+    report_interval: float = Field(0.0, description="seconds between replica load reports to the router")
+    router_latency: float = Field(0.0, description="seconds the router takes per request")
+    price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour (single pool)")
+    cluster: list[Any] | None = Field(None, description="pools: [{name, gpu, tp, replicas, ...}]")
+    timing: str = Field("roofline", description="timing backend: roofline or measured (tokensched list timing)")
+    timing_coefficients: str | None = Field(None, description="roofline coefficients JSON from `tokensched calibrate`")
 
-    @field_validator("slo_ttft", "slo_tpot", mode="before")
+    @field_validator("slo_ttft", "slo_tpot", "report_interval", "router_latency", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.replicas > 1 or bool(self.cluster)
 
     def window_bounds(self) -> tuple[float, float] | None:
         if self.window is None:

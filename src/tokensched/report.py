@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokensched.errors import UserError
-from tokensched.simulator import SimResult
+from tokensched.simulator import SimResult  # noqa: F401  (or a cluster.sim.ClusterResult)
 
 REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "tenant", "status", "queue_s",
                    "ttft_s", "tpot_s", "e2e_s", "itl_max_s", "preemptions", "prefix_hit_tokens", "finish_s", "error")
@@ -30,7 +30,7 @@ def _ms(v: float | None) -> str:
     return "–" if v is None else f"{v * 1e3:,.1f}"
 
 
-def print_summary(result: SimResult, console: Console, notes: list[str] = ()) -> None:  # type: ignore[assignment]
+def print_summary(result: Any, console: Console, notes: list[str] = ()) -> None:  # type: ignore[assignment]
     s, info = result.summary, result.info
     req = s["requests"]
     console.print(
@@ -41,6 +41,8 @@ def print_summary(result: SimResult, console: Console, notes: list[str] = ()) ->
     console.print(f"workload [bold]{result.config.workload}[/]: {req['total']:,} requests, "
                   f"{req['completed']:,} completed, {req['failed']:,} failed, "
                   f"{s['duration_s']:,.1f} s simulated in {s['wall_s']:.2f} s")
+    if info.get("timing_source"):
+        console.print(f"[dim]timing: {info['timing_source']}[/]")
     for n in notes:
         console.print(f"[dim]note: {n}[/]")
     t = Table(title="Latency (ms)", title_justify="left")
@@ -68,9 +70,38 @@ def print_summary(result: SimResult, console: Console, notes: list[str] = ()) ->
         t2.add_row("SLO attainment", f"{slo['attainment']:.1%}")
         t2.add_row("goodput (requests/s)", f"{slo['goodput_requests_per_s']:,.2f}")
     console.print(t2)
+    if "cluster" in s:
+        print_cluster(result, console)
 
 
-def write_outputs(result: SimResult, out_dir: str | Path) -> list[Path]:
+def print_cluster(result: Any, console: Console) -> None:
+    c = result.summary["cluster"]
+    cost = "–" if c["cost_usd"] is None else f"${c['cost_usd']:,.2f}"
+    per_m = "–" if c["cost_per_million_output_tokens"] is None else f"${c['cost_per_million_output_tokens']:,.3f}"
+    console.print(f"cluster: {c['replicas']} replicas, router [bold]{c['router']}[/] · imbalance "
+                  f"{c['imbalance_requests']:.2f} (requests) / {c['imbalance_tokens']:.2f} (tokens), max/mean · "
+                  f"{c['gpu_hours']:,.2f} GPU-hours · cost {cost} · {per_m} per 1M output tokens")
+    t = Table(title="Pools", title_justify="left")
+    for col in ("pool", "gpu", "tp", "replicas", "assigned", "completed", "TTFT p50 ms", "GPU-hours", "$/GPU-h"):
+        t.add_column(col, justify="left" if col == "pool" else "right")
+    for p in result.pools:
+        t.add_row(p["pool"], p["gpu"], str(p["tp"]), str(p["replicas"]), f"{p['assigned']:,}", f"{p['completed']:,}",
+                  _ms(p["ttft_p50_s"]), f"{p['gpu_hours']:,.2f}",
+                  "–" if p["price_per_gpu_hour"] is None else f"{p['price_per_gpu_hour']:g}")
+    console.print(t)
+    if len(result.replicas) <= 16:
+        t = Table(title="Replicas", title_justify="left")
+        for col in ("#", "pool", "assigned", "TTFT p50 ms", "TTFT p99 ms", "preempt", "hit rate", "mean batch",
+                    "peak KV"):
+            t.add_column(col, justify="right")
+        for r in result.replicas:
+            t.add_row(str(r["replica"]), r["pool"], f"{r['assigned']:,}", _ms(r["ttft_p50_s"]), _ms(r["ttft_p99_s"]),
+                      f"{r['preemptions']:,}", f"{r['prefix_hit_rate']:.1%}", f"{r['mean_batch']:.1f}",
+                      f"{r['peak_kv_usage']:.0%}")
+        console.print(t)
+
+
+def write_outputs(result: Any, out_dir: str | Path) -> list[Path]:
     d = Path(out_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -90,7 +121,17 @@ def write_outputs(result: SimResult, out_dir: str | Path) -> list[Path]:
         for row in result.rows:
             w.writerow(["" if row[c] is None else row[c] for c in REQUEST_COLUMNS])
     written.append(p)
-    rec = result.recorder
+    rec = getattr(result, "recorder", None)
+    if rec is None:  # a cluster run: one row per replica instead of a timeline
+        p = d / "replicas.csv"
+        with p.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            cols = list(result.replicas[0]) if result.replicas else []
+            w.writerow(cols)
+            for row in result.replicas:
+                w.writerow(["" if row[c] is None else row[c] for c in cols])
+        written.append(p)
+        return written
     p = d / "timeline.csv"
     with p.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
