@@ -150,3 +150,42 @@ def test_bad_pool_descriptions(pools, needle):
     with pytest.raises(UserError) as e:
         simulate_cluster(SimConfig(cluster=pools), _reqs(10))
     assert needle in str(e.value)
+
+
+def test_extension_hooks_move_a_running_request_between_replicas():
+    """A toy extension: at t=0.5 s move every running request of replica 0 to replica 1 (between steps)."""
+    from tokensched.cluster.sim import ClusterSimulator
+
+    moved: list[str] = []
+
+    class Mover(ClusterSimulator):
+        def __init__(self, cfg, requests):
+            super().__init__(cfg, requests)
+            self.want = False
+            self.add_timer(0.5, self._tick)
+
+        def _tick(self, now):
+            self.want = True
+            self.wake(0, now)
+
+        def on_step_end(self, i, now):
+            if i == 0 and self.want:
+                self.want = False
+                src, dst = self.replicas[0], self.replicas[1]
+                for seq in list(src.scheduler.running):
+                    if dst.can_attach(seq):
+                        src.detach(seq)
+                        dst.attach(seq, now)
+                        moved.append(seq.id)
+                        self.views[0].outstanding -= 1
+                        self.views[1].outstanding += 1
+                self.wake(1, now)
+
+    reqs = [Request("a", 0.0, 300, 400), Request("b", 5.0, 100, 10)]
+    r = simulate_cluster(SimConfig(replicas=2), reqs, simulator=Mover)
+    assert moved == ["a"]
+    assert r.summary["requests"]["completed"] == 2
+    row = next(x for x in r.rows if x["id"] == "a")
+    assert row["output_tokens"] == 400 and row["preemptions"] == 0
+    # round-robin sent a to replica 0 and b to replica 1; a moved to 1 and finished there
+    assert [x["completed"] for x in r.replicas] == [0, 2]

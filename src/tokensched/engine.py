@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokensched.kv_cache import KVCacheManager, prompt_units
+from tokensched.kv_cache import NO_HIT, KVCacheManager, prompt_units
 from tokensched.metrics import MetricsRecorder
 from tokensched.policies.base import AdmissionPolicy, SchedulerPolicy
 from tokensched.preemption import PreemptionMode
@@ -73,6 +73,32 @@ class Replica:
             return seq
         self.scheduler.policy.add(seq, now)
         return seq
+
+    # ---- moving running requests between replicas (migration, disaggregated prefill -> decode) ----
+    def detach(self, seq: Sequence) -> None:
+        """Take a running sequence out between steps, keeping its progress; its blocks here are freed
+        (its prompt units stay cached here until evicted)."""
+        sched = self.scheduler
+        assert seq.status is SeqStatus.RUNNING and seq in sched.running, "detach a sequence that is not running"
+        sched.running.remove(seq)
+        self.kv.free(seq)
+        sched.admission.on_release(seq)
+        seq.status = SeqStatus.WAITING
+
+    def can_attach(self, seq: Sequence) -> bool:
+        sched = self.scheduler
+        return (len(sched.running) < sched.config.max_num_seqs
+                and self.kv.can_allocate(seq, seq.num_computed, NO_HIT))
+
+    def attach(self, seq: Sequence, now: float) -> None:
+        """Start running a sequence whose KV (``num_computed`` tokens) was copied here from another replica."""
+        assert self.can_attach(seq), "attach without room"
+        computed = seq.num_computed
+        seq.num_computed = 0
+        self.kv.allocate(seq, computed, NO_HIT, count_query=False)
+        seq.num_computed = computed
+        seq.status = SeqStatus.RUNNING
+        self.scheduler.running.append(seq)
 
     @property
     def has_work(self) -> bool:

@@ -5,6 +5,11 @@ arrival is routed at once (or after ``router_latency``, the router's own cost), 
 batches, and a replica may macro-step only up to the next arrival anywhere, so every routing decision sees
 replicas exactly as single steps would leave them. Routers read replica load from snapshots refreshed every
 ``report_interval`` seconds (stale metrics), and their own bookkeeping (requests in flight) is exact.
+
+Extensions (migration, disaggregation, autoscaling) subclass :class:`ClusterSimulator` and use its hooks:
+``on_arrival`` (where a request goes), ``on_done`` (sequences a replica finished), ``on_step_end`` (a replica is
+between steps: the moment to detach or attach running sequences), and ``add_timer(t, fn)`` for periodic work.
+Every pending timer and dispatch bounds macro-steps, like arrivals do.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from tokensched.sequence import SeqStatus
 from tokensched.simulator import build_replica
 from tokensched.timing import BatchShape
 
-STEP_END, ARRIVAL, DISPATCH, SCHEDULE = 0, 1, 2, 3
+STEP_END, TIMER, ARRIVAL, DISPATCH, SCHEDULE = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -80,10 +85,9 @@ class ClusterSimulator:
         self._seq = 0
         self._next_arrival = 0
         self._pending: list[bool] = [False] * len(self.replicas)
-        self._dispatch_times: list[float] = []  # heap of pending dispatch times (router latency)
+        self._dispatch_times: list[float] = []  # heap of pending dispatch and timer times: macro-step bounds
         self.horizon = float("inf")
         self.assigned = [0] * len(self.replicas)
-        self._where: dict[str, int] = {}
 
     def _push(self, t: float, prio: int, kind: int, rep: int, payload: Any = None) -> None:
         self._seq += 1
@@ -114,9 +118,46 @@ class ClusterSimulator:
             v.outstanding -= 1
             v.outstanding_tokens -= req.prompt_tokens + req.output_tokens
             return
-        if not rep.busy and not self._pending[i]:
+        self.wake(i, now)
+
+    def wake(self, i: int, now: float) -> None:
+        """Make sure replica ``i`` forms a batch at ``now`` if it is idle."""
+        if not self.replicas[i].busy and not self._pending[i]:
             self._pending[i] = True
             self._push(now, SCHEDULE, SCHEDULE, i)
+
+    def add_timer(self, t: float, fn: Callable[[float], None]) -> None:
+        """Call ``fn(t)`` at simulated time ``t`` (after steps ending at ``t``, before arrivals at ``t``)."""
+        heapq.heappush(self._dispatch_times, t)
+        self._push(t, TIMER, TIMER, -1, fn)
+
+    # ---- hooks for extensions ------------------------------------------------------------------
+    def on_arrival(self, req: Request, now: float) -> None:
+        """Route an arriving request (default: ask the router, then deliver after the router's latency)."""
+        self._refresh(now)
+        j = self.router.route(req, self.views, now)
+        self.assign(j, req, now)
+
+    def assign(self, j: int, req: Request, now: float) -> None:
+        v = self.views[j]
+        v.outstanding += 1
+        v.outstanding_tokens += req.prompt_tokens + req.output_tokens
+        self.assigned[j] += 1
+        if self.router_latency > 0:
+            heapq.heappush(self._dispatch_times, now + self.router_latency)
+            self._push(now + self.router_latency, DISPATCH, DISPATCH, j, req)
+        else:
+            self._deliver(j, req, now)
+
+    def on_done(self, i: int, done: list[Any], now: float) -> None:
+        """Replica ``i`` finished ``done`` at ``now``."""
+        v = self.views[i]
+        for seq in done:
+            v.outstanding -= 1
+            v.outstanding_tokens -= seq.prompt_tokens + seq.output_tokens
+
+    def on_step_end(self, i: int, now: float) -> None:
+        """Replica ``i`` is between steps at ``now`` (running sequences may be detached or attached)."""
 
     def run(self, on_progress: Callable[[int], None] | None = None) -> None:
         heap = self._heap
@@ -129,30 +170,19 @@ class ClusterSimulator:
             now = t
             if kind == STEP_END:
                 done = self.replicas[i].finish_step(payload)
-                v = self.views[i]
-                for seq in done:
-                    v.outstanding -= 1
-                    v.outstanding_tokens -= seq.prompt_tokens + seq.output_tokens
+                self.on_done(i, done, t)
                 if done and on_progress is not None:
                     finished += len(done)
                     on_progress(finished)
+                self.on_step_end(i, t)
                 self._pending[i] = True
                 self._push(t, SCHEDULE, SCHEDULE, i)
             elif kind == ARRIVAL:
-                req: Request = payload
                 self._feed_arrival()
-                self._refresh(t)
-                j = self.router.route(req, self.views, t)
-                v = self.views[j]
-                v.outstanding += 1
-                v.outstanding_tokens += req.prompt_tokens + req.output_tokens
-                self.assigned[j] += 1
-                self._where[req.id] = j
-                if self.router_latency > 0:
-                    heapq.heappush(self._dispatch_times, t + self.router_latency)
-                    self._push(t + self.router_latency, DISPATCH, DISPATCH, j, req)
-                else:
-                    self._deliver(j, req, t)
+                self.on_arrival(payload, t)
+            elif kind == TIMER:
+                heapq.heappop(self._dispatch_times)
+                payload(t)
             elif kind == DISPATCH:
                 heapq.heappop(self._dispatch_times)
                 self._deliver(i, payload, t)
@@ -187,9 +217,11 @@ def _gpu_hours(tp: int, duration_s: float) -> float:
 
 
 def simulate_cluster(cfg: SimConfig, requests: list[Request],
-                     on_progress: Callable[[int], None] | None = None) -> ClusterResult:
+                     on_progress: Callable[[int], None] | None = None,
+                     simulator: type[ClusterSimulator] | None = None) -> ClusterResult:
+    """Run ``requests`` on the cluster ``cfg`` describes (``simulator``: an extension's subclass)."""
     t0 = time.perf_counter()
-    sim = ClusterSimulator(cfg, requests)
+    sim = (simulator or ClusterSimulator)(cfg, requests)
     sim.run(on_progress)
     reps = sim.replicas
     rec, kv = _merge([r.metrics for r in reps], [r.kv for r in reps])
