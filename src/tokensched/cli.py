@@ -186,6 +186,14 @@ def list_cmd(what: str | None) -> None:
                 opts = ", ".join(getattr(cls, "Options").model_fields) if cls is not None else ""
                 t.add_row(flag, k, d, opts or "–")
         console.print(t)
+    if "routers" in show:
+        from tokensched.cluster.routers import ROUTERS
+
+        t = Table("router", "description", "options", title="Routers (--replicas N --router NAME)",
+                  title_justify="left")
+        for k, r in ROUTERS.items():
+            t.add_row(k, (r.__doc__ or "").strip().split("\n")[0], ", ".join(r.Options.model_fields) or "–")
+        console.print(t)
     if "models" in show:
         t = Table("model", "params", "layers", "hidden", "heads/kv", "experts", "max len", title="Models",
                   title_justify="left")
