@@ -50,6 +50,9 @@ _SIM_OPTIONS = [
                  help="A knob of the router (repeatable), e.g. --router-option cache_threshold=0.5."),
     click.option("--report-interval", help="How often replicas report load to the router, e.g. 500ms. [default: 0]"),
     click.option("--router-latency", help="Router's own time per request, e.g. 2ms. [default: 0]"),
+    click.option("--autoscaler", help="Replica autoscaler: none or load (see docs/cluster.md). [default: none]"),
+    click.option("--autoscaler-option", "autoscaler_option", multiple=True, metavar="KEY=VALUE",
+                 help="A knob of the autoscaler (repeatable), e.g. --autoscaler-option cold_start_s=60."),
     click.option("--price-per-gpu-hour", type=float, help="USD per GPU-hour, for the cost report."),
     click.option("--timing", help="Timing backend: roofline, measured (see `tokensched list timing`). [default: roofline]"),
     click.option("--timing-coefficients", help="Roofline coefficients JSON from `tokensched calibrate`. [default: shipped fit]"),
@@ -70,6 +73,23 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
+
+
+# repeatable KEY=VALUE flags and the config dict each one fills
+_OPTION_FLAGS = {"policy_option": "policy_options", "router_option": "router_options",
+                 "autoscaler_option": "autoscaler_options"}
+
+
+def apply_flags(ctx: click.Context, flags: dict[str, Any], values: dict[str, Any], lines: dict[str, int]) -> None:
+    """Overlay the flags given on the command line onto config-file ``values`` (flags win)."""
+    pairs = {key: flags.pop(flag, ()) for flag, key in _OPTION_FLAGS.items()}
+    for name, v in flags.items():
+        if v is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            values[name] = v
+            lines.pop(name, None)
+    for key, given in pairs.items():
+        if given:
+            values[key] = {**values.get(key, {}), **parse_options(given)}
 
 
 def _sim_options(f: Any) -> Any:
@@ -103,16 +123,7 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
     if config_path:
         values, lines = load_config_file(config_path)
         source = config_path
-    option_pairs = flags.pop("policy_option", ())
-    router_pairs = flags.pop("router_option", ())
-    for name, v in flags.items():
-        if v is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
-            values[name] = v
-            lines.pop(name, None)
-    if option_pairs:
-        values["policy_options"] = {**values.get("policy_options", {}), **parse_options(option_pairs)}
-    if router_pairs:
-        values["router_options"] = {**values.get("router_options", {}), **parse_options(router_pairs)}
+    apply_flags(ctx, flags, values, lines)
     cfg = make_config(values, source=source, lines=lines)
     workload = load_workload(cfg.workload, num_requests=cfg.num_requests, qps=cfg.qps, seed=cfg.seed,
                              window=cfg.window_bounds(), fmt=trace_format)
@@ -154,7 +165,7 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
 
 @cli.command(name="list")
 @click.argument("what", required=False,
-                type=click.Choice(["schedulers", "policies", "models", "gpus", "timing", "presets", "formats"],
+                type=click.Choice(["schedulers", "policies", "routers", "models", "gpus", "timing", "presets", "formats"],
                                   case_sensitive=False))
 def list_cmd(what: str | None) -> None:
     """Show schedulers, models, GPUs, workload presets and trace formats."""
@@ -164,7 +175,8 @@ def list_cmd(what: str | None) -> None:
     from tokensched.workload import PRESETS, TRACE_FORMATS
 
     console = Console()
-    show = [what.lower()] if what else ["schedulers", "policies", "models", "gpus", "timing", "presets", "formats"]
+    show = [what.lower()] if what else ["schedulers", "policies", "routers", "models", "gpus", "timing", "presets",
+                                        "formats"]
     if "schedulers" in show:
         t = Table("scheduler", "default budget", "description", "reference", "options", title="Schedulers",
                   title_justify="left")

@@ -52,6 +52,9 @@ class SimConfig(BaseModel):
     router_latency: float = Field(0.0, description="seconds the router takes per request")
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour (single pool)")
     cluster: list[Any] | None = Field(None, description="pools: [{name, gpu, tp, replicas, ...}]")
+    autoscaler: str = Field("none", pattern="^(none|load)$", description="replica autoscaler: none or load")
+    autoscaler_options: dict[str, Any] = Field(default_factory=dict, description="knobs of the autoscaler")
+    disagg: dict[str, Any] = Field(default_factory=dict, description="KV transfer options of prefill/decode pools")
     timing: str = Field("roofline", description="timing backend: roofline or measured (tokensched list timing)")
     timing_coefficients: str | None = Field(None, description="roofline coefficients JSON from `tokensched calibrate`")
 
@@ -60,9 +63,18 @@ class SimConfig(BaseModel):
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)
 
+    @field_validator("timing")
+    @classmethod
+    def _timing_backend(cls, v: str) -> str:
+        from tokensched.timing_backends import TIMING_BACKENDS
+
+        if v.strip().lower() not in TIMING_BACKENDS:
+            raise ValueError(f"unknown timing backend {v!r}; choose one of: {', '.join(TIMING_BACKENDS)}")
+        return v.strip().lower()
+
     @property
     def is_cluster(self) -> bool:
-        return self.replicas > 1 or bool(self.cluster)
+        return self.replicas > 1 or bool(self.cluster) or self.autoscaler != "none"
 
     def window_bounds(self) -> tuple[float, float] | None:
         if self.window is None:

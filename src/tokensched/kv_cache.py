@@ -259,6 +259,26 @@ class KVCacheManager:
         seq.slot_tokens = 0
         seq.unit_idx = 0
 
+    def release(self, keys: list[int]) -> int:
+        """Drop the cached units ``keys`` that no sequence references, now; returns the blocks freed.
+
+        For policies that know a prefix will not be reused (BatchLLM frees a group's shared prefix when its
+        last request finishes) instead of leaving it to age out of the eviction order. Referenced or absent
+        units are skipped. Not counted as evictions (nothing was displaced to make room).
+        """
+        entries = self._entries
+        freed = 0
+        for h in keys:
+            e = entries.get(h)
+            if e is None or e.refs:
+                continue
+            self._lru.remove(h)
+            del entries[h]
+            self.evictable_blocks -= e.blocks
+            self.free_blocks += e.blocks
+            freed += e.blocks
+        return freed
+
     # ---- invariants (tests) --------------------------------------------------------------------
     def check_invariants(self, seqs: list[Sequence]) -> None:
         """Assert block conservation and reference counts against the sequences that hold blocks."""

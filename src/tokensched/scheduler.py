@@ -12,7 +12,9 @@ as in vLLM). Prefix-cache hits are looked up at admission and cost no budget.
 Policies plug in without branches here: the queue order and the victim (``SchedulerPolicy``), whether a
 sequence may start (``AdmissionPolicy``), what a preemption costs (``PreemptionMode``: recompute drops the KV,
 swap copies it to the CPU and back), and, when admission is blocked, whether a running sequence is displaced
-for the waiting one (``SchedulerPolicy.displace``, e.g. priority preemption).
+for the waiting one (``SchedulerPolicy.displace``, e.g. priority preemption). A policy may finally annotate
+the formed batch (``SchedulerPolicy.adjust_batch``): layered prefill adds passes of admitted prompts through
+a fraction of the layers, which complete their tokens only at the last pass.
 """
 
 from __future__ import annotations
@@ -48,9 +50,15 @@ class ScheduledBatch:
     # Only decodes, every running sequence included, nothing preempted or admitted: the next iterations
     # repeat this one until an arrival, a completion or a KV shortage (see Replica.start_step).
     steady: bool = False
+    # Partial-depth work (layered prefill), set by SchedulerPolicy.adjust_batch: per entry, (tokens passing the
+    # layers, fraction of the layers they pass). None: each entry runs num_new tokens through every layer. An
+    # entry with num_new 0 passes tokens without completing them (its KV slots were allocated when it started).
+    layers: list[tuple[int, float]] | None = None
 
     def shape(self) -> BatchShape:
         """What the timing model needs; call before the step's results are applied."""
+        if self.layers is not None:
+            return self._shape_layers(self.layers)
         b = BatchShape()
         pn, pc = b.prefill_new, b.prefill_cached
         sampled = decodes = ctx = 0
@@ -66,6 +74,29 @@ class ScheduledBatch:
             pn.append(n)
             pc.append(c)
         b.num_sampled, b.num_decodes, b.decode_context_sum = sampled, decodes, ctx
+        return b
+
+    def _shape_layers(self, layers: list[tuple[int, float]]) -> BatchShape:
+        """``shape`` for a batch with partial-depth entries: they are prefill chunks with a layer fraction."""
+        b = BatchShape(prefill_fraction=[])
+        fr = b.prefill_fraction
+        assert fr is not None
+        sampled = decodes = ctx = 0
+        for seq, n, (w, f) in zip(self.seqs, self.num_new, layers):
+            c = seq.num_computed
+            t = seq.num_tokens
+            if n and c + n == t:
+                sampled += 1
+                if n == 1 and seq.num_generated and f >= 1.0:
+                    decodes += 1
+                    ctx += t
+                    continue
+            b.prefill_new.append(w)
+            b.prefill_cached.append(c)
+            fr.append(f)
+        b.num_sampled, b.num_decodes, b.decode_context_sum = sampled, decodes, ctx
+        if all(f >= 1.0 for f in fr):
+            b.prefill_fraction = None
         return b
 
 
@@ -178,6 +209,8 @@ class Scheduler:
                 batch.admitted += 1
                 admission.on_admit(seq, kv)
                 policy.on_admit(seq, n, now)
+        if policy.adjusts_batch:  # e.g. layered prefill: partial-depth passes of sequences already admitted
+            policy.adjust_batch(batch)
         batch.swap_s = self._swap_s
         # Whatever stopped admission (seat cap, budget, KV room) cannot lift while only decodes run if every
         # policy is monotone: decodes use a constant budget and only consume blocks. So a steady batch repeats

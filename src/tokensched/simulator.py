@@ -26,7 +26,8 @@ from tokensched.policies import get_admission, get_scheduler, split_options
 from tokensched.preemption import get_preemption
 from tokensched.request import Request
 from tokensched.scheduler import SchedulerConfig
-from tokensched.timing import RooflineTiming, TimingModel
+from tokensched.timing import TimingModel
+from tokensched.timing_backends import get_timing
 
 STEP_END, ARRIVAL, SCHEDULE = 0, 1, 2  # priorities at equal time
 
@@ -144,11 +145,21 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
     })
     kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching,
                         evictor=make_evictor(cfg.eviction))
+    tm = timing
+    if tm is None and cfg.timing_coefficients is not None:
+        from tokensched.calibration.coefficients import roofline_from_file
+
+        tm = roofline_from_file(cfg.timing_coefficients, cfg.timing, model, gpu, cfg.tp)
+    tm = tm or get_timing(cfg.timing, model, gpu, cfg.tp)
+    if spec.factory.adjusts_batch and not getattr(tm, "prices_layer_fractions", False):
+        raise UserError(f"scheduler {cfg.scheduler} runs prompts through a fraction of the layers per iteration, "
+                        f"which timing {cfg.timing if timing is None else type(tm).__name__} cannot price; "
+                        "use --timing roofline", where="timing")
     replica = Replica(
         SchedulerConfig(cfg.max_num_seqs, budget),
         spec.factory(opts[f"scheduler {cfg.scheduler}"]),
         kv,
-        timing or RooflineTiming(model, gpu, cfg.tp),
+        tm,
         max_model_len=max_model_len,
         macro_steps=cfg.macro_steps,
         admission=admission_cls(opts[f"admission {cfg.admission}"], max_model_len=max_model_len),
@@ -159,7 +170,9 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
             "admission": cfg.admission, "preemption": cfg.preemption, "eviction": cfg.eviction,
             "kv_blocks": blocks, "block_size": cfg.block_size, "max_batched_tokens": budget,
             "max_num_seqs": cfg.max_num_seqs, "max_model_len": max_model_len,
-            "prefix_caching": cfg.prefix_caching}
+            "prefix_caching": cfg.prefix_caching,
+            "timing": cfg.timing if timing is None else type(timing).__name__,
+            "timing_source": getattr(tm, "calibration_source", None)}
     return replica, info
 
 
@@ -178,5 +191,9 @@ def simulate(
     rec = replica.metrics
     summary = summarize(rec, replica.kv, preemptions=replica.scheduler.num_preemptions,
                         slo_ttft_s=cfg.slo_ttft, slo_tpot_s=cfg.slo_tpot)
+    pre = replica.scheduler.preemption
+    if pre.keeps_kv:  # swap preemption: what moved over PCIe
+        summary["swap"] = {"swapped_out_blocks": pre.swapped_out_blocks, "swapped_in_blocks": pre.swapped_in_blocks,
+                           "swap_time_s": pre.swap_time_s}
     summary["wall_s"] = time.perf_counter() - t0
     return SimResult(cfg, summary, request_rows(rec.finished), rec, info)

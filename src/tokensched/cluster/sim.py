@@ -159,6 +159,14 @@ class ClusterSimulator:
     def on_step_end(self, i: int, now: float) -> None:
         """Replica ``i`` is between steps at ``now`` (running sequences may be detached or attached)."""
 
+    def replica_seconds(self, i: int, duration: float) -> float:
+        """Seconds replica ``i`` is billed for in a run of ``duration`` (an autoscaler bills lifetimes)."""
+        return duration
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Extra keys for ``summary["cluster"]`` (an extension's counters: migrations, transfers, ...)."""
+        return {}
+
     def run(self, on_progress: Callable[[int], None] | None = None) -> None:
         heap = self._heap
         self._feed_arrival()
@@ -175,8 +183,9 @@ class ClusterSimulator:
                     finished += len(done)
                     on_progress(finished)
                 self.on_step_end(i, t)
-                self._pending[i] = True
-                self._push(t, SCHEDULE, SCHEDULE, i)
+                if not self._pending[i]:  # the hook may have woken replica i already
+                    self._pending[i] = True
+                    self._push(t, SCHEDULE, SCHEDULE, i)
             elif kind == ARRIVAL:
                 self._feed_arrival()
                 self.on_arrival(payload, t)
@@ -221,6 +230,21 @@ def simulate_cluster(cfg: SimConfig, requests: list[Request],
                      simulator: type[ClusterSimulator] | None = None) -> ClusterResult:
     """Run ``requests`` on the cluster ``cfg`` describes (``simulator``: an extension's subclass)."""
     t0 = time.perf_counter()
+    has_roles = any(isinstance(p, dict) and p.get("role", "mixed") != "mixed" for p in (cfg.cluster or []))
+    if has_roles and getattr(cfg, "autoscaler", "none").lower() != "none":
+        raise UserError("an autoscaler cannot be combined with prefill/decode pool roles yet", where="autoscaler")
+    if simulator is None and getattr(cfg, "autoscaler", "none").lower() != "none":
+        from tokensched.cluster.autoscale import AutoscaleSimulator  # replicas follow load
+
+        simulator = AutoscaleSimulator
+    if simulator is None and getattr(cfg, "router", "").lower() == "llumnix":
+        from tokensched.cluster.llumnix import LlumnixSimulator
+
+        simulator = LlumnixSimulator
+    if simulator is None:
+        from tokensched.cluster.disagg import disagg_simulator  # pools with roles: prefill/decode
+
+        simulator = disagg_simulator(cfg)
     sim = (simulator or ClusterSimulator)(cfg, requests)
     sim.run(on_progress)
     reps = sim.replicas
@@ -240,7 +264,7 @@ def simulate_cluster(cfg: SimConfig, requests: list[Request],
         info = sim.infos[i]
         s = summarize(r.metrics, r.kv, preemptions=r.scheduler.num_preemptions, slo_ttft_s=cfg.slo_ttft,
                       slo_tpot_s=cfg.slo_tpot)
-        gh = _gpu_hours(info["tp"], duration)
+        gh = _gpu_hours(info["tp"], sim.replica_seconds(i, duration))
         gpu_hours += gh
         if cost is not None:
             cost = None if pool.price_per_gpu_hour is None else cost + gh * pool.price_per_gpu_hour
@@ -282,6 +306,7 @@ def simulate_cluster(cfg: SimConfig, requests: list[Request],
         "cost_usd": cost,
         "cost_per_million_output_tokens": (cost / out_tokens * 1e6) if cost is not None and out_tokens else None,
     }
+    summary["cluster"].update(sim.summary_extra())
     summary["pools"] = pools
     summary["wall_s"] = time.perf_counter() - t0
     info = {**sim.infos[0], "replicas": len(reps), "router": sim.router.name}

@@ -14,7 +14,7 @@ YAML (inside a ``--config`` file)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,6 +33,8 @@ class PoolSpec(BaseModel):
     name: str = Field("pool", description="label in reports")
     replicas: int = Field(1, ge=1, le=4096)
     price_per_gpu_hour: float | None = Field(None, ge=0, description="USD per GPU-hour, for cost reports")
+    role: Literal["prefill", "decode", "mixed"] = Field(
+        "mixed", description="disaggregated serving (docs/cluster.md, disagg): prefill, decode or mixed")
 
 
 def pools_from_config(cfg: SimConfig) -> list[tuple[PoolSpec, SimConfig]]:
@@ -52,7 +54,7 @@ def pools_from_config(cfg: SimConfig) -> list[tuple[PoolSpec, SimConfig]]:
         extra = {k: v for k, v in item.items() if k not in PoolSpec.model_fields}
         bad = [k for k in extra if k not in POOL_OVERRIDES or k not in SimConfig.model_fields]
         if bad:
-            raise UserError(f"unknown pool key {bad[0]!r}; valid keys: name, replicas, price_per_gpu_hour, "
+            raise UserError(f"unknown pool key {bad[0]!r}; valid keys: name, replicas, price_per_gpu_hour, role, "
                             + ", ".join(k for k in POOL_OVERRIDES if k in SimConfig.model_fields), where=where)
         try:
             pool = PoolSpec(**{k: v for k, v in item.items() if k in PoolSpec.model_fields})

@@ -15,6 +15,12 @@ from tokensched.errors import UserError
 from tokensched.policies.admission import AggressiveAdmission, ConservativeAdmission
 from tokensched.policies.base import AdmissionPolicy, NoOptions, SchedulerPolicy
 from tokensched.policies.basic import OrcaPolicy, SarathiPolicy, VLLMPolicy
+from tokensched.policies.batchllm import BatchLLMPolicy
+from tokensched.policies.layered import LayeredPolicy
+from tokensched.policies.past_future import PastFutureAdmission
+from tokensched.policies.fairness import FastSwitchPolicy, VTCPolicy
+from tokensched.policies.length import SJFPolicy, SRPTPolicy
+from tokensched.policies.priority import SGLangPriorityPolicy, VLLMPriorityPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +35,26 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "vllm": SchedulerSpec(VLLMPolicy, VLLMPolicy.__doc__ or "", "vLLM V1 scheduler (v0.15)", 8192),
     "sarathi": SchedulerSpec(SarathiPolicy, SarathiPolicy.__doc__ or "", "Agrawal et al., Sarathi-Serve, OSDI'24", 512),
     "orca": SchedulerSpec(OrcaPolicy, OrcaPolicy.__doc__ or "", "Yu et al., Orca, OSDI'22", None),
+    "priority": SchedulerSpec(VLLMPriorityPolicy, VLLMPriorityPolicy.__doc__ or "",
+                              "vLLM V1 --scheduling-policy priority (PR #5958)", 8192),
+    "sglang-priority": SchedulerSpec(SGLangPriorityPolicy, SGLangPriorityPolicy.__doc__ or "",
+                                     "SGLang --enable-priority-scheduling (schedule_policy.py)", 8192),
+    "sjf": SchedulerSpec(SJFPolicy, SJFPolicy.__doc__ or "", "shortest job first on predicted output length", 8192),
+    "srpt": SchedulerSpec(SRPTPolicy, SRPTPolicy.__doc__ or "",
+                          "shortest remaining predicted output first, preemptive", 8192),
+    "vtc": SchedulerSpec(VTCPolicy, VTCPolicy.__doc__ or "", "Sheng et al., Fairness in Serving LLMs (VTC), OSDI'24", 8192),
+    "fastswitch": SchedulerSpec(FastSwitchPolicy, (FastSwitchPolicy.__doc__ or "").split("\n")[0],
+                                "Shen et al., FastSwitch, arXiv 2411.18424 (use with --preemption swap)", 8192),
+    "batchllm": SchedulerSpec(BatchLLMPolicy, BatchLLMPolicy.__doc__ or "",
+                              "Zheng et al., BatchLLM, arXiv 2412.03594 (offline batches)", 8192),
+    "layered": SchedulerSpec(LayeredPolicy, LayeredPolicy.__doc__ or "",
+                             "Lee et al., Layered Prefill, arXiv 2510.08055", 8192),
 }
 
 ADMISSIONS: dict[str, tuple[type[AdmissionPolicy], str]] = {
     "aggressive": (AggressiveAdmission, "vLLM / SGLang default"),
     "conservative": (ConservativeAdmission, "max-output reservation (FasterTransformer / early TGI style)"),
+    "past-future": (PastFutureAdmission, "peak KV demand from past output lengths (LightLLM; Gong et al.)"),
 }
 
 

@@ -24,6 +24,7 @@ from tokensched.sequence import Sequence
 
 if TYPE_CHECKING:
     from tokensched.kv_cache import KVCacheManager
+    from tokensched.scheduler import ScheduledBatch
 
 
 class NoOptions(BaseModel):
@@ -39,6 +40,7 @@ class SchedulerPolicy:
     decodes_first: ClassVar[bool] = False  # are decodes budgeted before prefill chunks of running sequences?
     monotone: ClassVar[bool] = True  # see module docstring
     wants_token_events: ClassVar[bool] = False  # call on_tokens after every step (costs time per sequence)
+    adjusts_batch: ClassVar[bool] = False  # call adjust_batch on every formed batch
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options: Any = options if options is not None else self.Options()
@@ -83,6 +85,11 @@ class SchedulerPolicy:
     def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
         """This iteration's token budget (default: the configured ``max_batched_tokens``)."""
         return budget
+
+    def adjust_batch(self, batch: ScheduledBatch) -> None:
+        """Annotate the formed batch (if ``adjusts_batch``): set ``batch.layers`` for partial-depth passes and
+        append running sequences whose KV is already allocated (layered prefill). Runs before ``steady``.
+        Such a policy needs a timing model with ``prices_layer_fractions`` (``simulate`` refuses others)."""
 
     # ---- accounting ----------------------------------------------------------------------------
     def on_admit(self, seq: Sequence, num_new: int, now: float) -> None:
