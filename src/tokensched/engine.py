@@ -156,6 +156,9 @@ class Replica:
         if len(policy) and kv.evictable_blocks and kv.find_prefix(policy.peek()).evictable_blocks:
             avail = kv.free_blocks
         bs = self.kv.block_size
+        # m more tokens open at most ceil(m / bs) new blocks per sequence: skip the exact count when that fits
+        if len(slots) * -(-(k - 1) // bs) <= avail:
+            return k
         s = np.asarray(slots, dtype=np.int64)
         base = (s + bs - 1) // bs
 
