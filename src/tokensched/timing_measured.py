@@ -43,9 +43,9 @@ class MeasuredParams:
 
     # Per iteration, beyond the kernels: sampler, input preparation, launch gaps. Fitted (least median |error|,
     # >= 0) on the six measured H100 runs of ../shared/groundtruth (vLLM 0.15.1) with `tokensched validate
-    # --timing measured --prefix reconstructed --overhead none`: every positive value makes all six worse (at
-    # 0.1 ms median TPOT errors go from +6.0/+1.0/+4.6/+3.4/+0.5/-0.5 % to +7.7/+2.6/+6.3/+4.1/+1.3/+0.2 %):
-    # the sum of isolated kernel times already covers what vLLM V1 does not overlap. See docs/timing.md.
+    # --timing measured --prefix reconstructed --overhead none`: at 0.1 ms the median TPOT errors go from
+    # +6.0/+1.0/+4.6/+3.4/+0.5/-0.5 % to +7.7/+2.6/+6.3/+4.1/+1.3/+0.2 % -- the sum of isolated kernel times
+    # already covers what vLLM V1 does not overlap. Other replays allow up to ~0.25 ms; see docs/timing.md.
     iteration_overhead_s: float = 0.0
     per_seq_overhead_s: float = 0.0  # per scheduled sequence (not identifiable from the ground truth; 0)
     moe_distribution: str = "power_law_1.2"  # expert-load skew; aiconfigurator's default for MoE models

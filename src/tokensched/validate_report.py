@@ -180,7 +180,8 @@ def write_report(doc: dict[str, Any], results: list[RunResult], out_dir: str | P
             ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=label)
         ax.set_xlabel("E2E latency (s)")
         ax.set_ylabel("fraction of requests")
-        ax.set_title(f"{r.run} ({r.kind})", fontsize=8)
+        ax.set_title(f"{r.run} ({r.kind}) · timing {doc['timing']} · overhead {r.overhead_s * 1e3:.1f} ms",
+                     fontsize=7)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
