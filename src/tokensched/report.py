@@ -74,6 +74,10 @@ def print_summary(result: Any, console: Console, notes: list[str] = ()) -> None:
         print_cluster(result, console)
 
 
+_CLUSTER_BASE_KEYS = {"replicas", "router", "imbalance_requests", "imbalance_tokens", "gpu_hours", "cost_usd",
+                      "cost_per_million_output_tokens"}
+
+
 def print_cluster(result: Any, console: Console) -> None:
     c = result.summary["cluster"]
     cost = "–" if c["cost_usd"] is None else f"${c['cost_usd']:,.2f}"
@@ -81,6 +85,11 @@ def print_cluster(result: Any, console: Console) -> None:
     console.print(f"cluster: {c['replicas']} replicas, router [bold]{c['router']}[/] · imbalance "
                   f"{c['imbalance_requests']:.2f} (requests) / {c['imbalance_tokens']:.2f} (tokens), max/mean · "
                   f"{c['gpu_hours']:,.2f} GPU-hours · cost {cost} · {per_m} per 1M output tokens")
+    extra = [(k, v) for k, v in c.items() if k not in _CLUSTER_BASE_KEYS and isinstance(v, (int, float))
+             and not isinstance(v, bool)]
+    if extra:  # counters of migration, disaggregation or autoscaling (all of them are in the JSON)
+        console.print("  " + " · ".join(f"{k.replace('_', ' ')} {v:,.3g}" if isinstance(v, float) else
+                                        f"{k.replace('_', ' ')} {v:,}" for k, v in extra))
     t = Table(title="Pools", title_justify="left")
     for col in ("pool", "gpu", "tp", "replicas", "assigned", "completed", "TTFT p50 ms", "GPU-hours", "$/GPU-h"):
         t.add_column(col, justify="left" if col == "pool" else "right")
