@@ -62,7 +62,7 @@ def test_vtc_counter_lift_only_against_backlogged_tenants():
     a1, a2, a3 = seq("a1", "A"), seq("a2", "A"), seq("a3", "A")
     p.add(a1, 0.0)
     p.add(a2, 0.0)
-    p.token_budget(8, [], kv)  # a scheduling decision: lifts are applied now
+    p.begin_step([], kv)  # a scheduling decision: lifts are applied now
     assert p.pop() is a1
     p.on_admit(a1, 10, 0.0)
     p.on_tokens(a1, 10, 1)
@@ -70,14 +70,14 @@ def test_vtc_counter_lift_only_against_backlogged_tenants():
     p.add(seq("b1", "B"), 1.0)  # B becomes backlogged while A (a2 waiting) is
     assert p.counter("B") == 0  # lifted at the next scheduling decision, with the counters of that moment
     p.on_tokens(a1, 1, 1)  # the step in flight ends first: A = 14
-    p.token_budget(8, [a1], kv)
+    p.begin_step([a1], kv)
     assert p.counter("B") == 14
     assert p.pop() is a2 and p.pop().id == "b1"  # tie at 14: A was seen first
     p.on_admit(a2, 10, 2.0)  # A = 24; nothing of A waits now
     p.add(seq("c1", "C"), 3.0)  # no other tenant is backlogged: no lift
     p.add(a3, 4.0)  # A's queue was empty: lifted to min(C) = 0 -> stays at its own 24
     p.add(seq("d1", "D"), 4.0)  # D: lifted to min(C, A) = 0, not to A's 24
-    p.token_budget(8, [a1, a2], kv)
+    p.begin_step([a1, a2], kv)
     assert (p.counter("C"), p.counter("A"), p.counter("D")) == (0, 24, 0)
     assert [s.id for s in p] == ["c1", "d1", "a3"]
     p2 = VTCPolicy()
@@ -85,7 +85,7 @@ def test_vtc_counter_lift_only_against_backlogged_tenants():
     p2.on_admit(p2.peek(), 10, 0.0)  # X = 10 (not popped: still backlogged)
     p2.add(seq("y", "Y"), 0.0)
     p2.add(seq("z", "Z"), 0.0)
-    p2.token_budget(8, [], kv)  # Y arrived before Z: Y's lift sees only X (10); Z's sees X and Y (min 10)
+    p2.begin_step([], kv)  # Y arrived before Z: Y's lift sees only X (10); Z's sees X and Y (min 10)
     assert (p2.counter("Y"), p2.counter("Z")) == (10, 10)
 
 
@@ -143,7 +143,7 @@ def test_fastswitch_priorities_freeze_between_reranks_and_displace_most_served()
     a1, a2, b1, c1 = seq("a1", "A", 4), seq("a2", "A", 4), seq("b1", "B", 4), seq("c1", "C", 4)
     for s in (a1, a2, c1):
         p.add(s, 0.0)
-    p.token_budget(8, [], kv)  # requests wait, priorities stale: re-rank (A = C = 0)
+    p.begin_step([], kv)  # requests wait, priorities stale: re-rank (A = C = 0)
     assert p.reranks == 1
     running = [p.pop(), p.pop(), p.pop()]  # A first (seen first), then A, then C
     assert [s.id for s in running] == ["a1", "a2", "c1"]
@@ -152,9 +152,9 @@ def test_fastswitch_priorities_freeze_between_reranks_and_displace_most_served()
         s.num_generated = 1  # each produced a token since its admission: displaceable
     p.on_tokens(a1, 4, 1)  # A = 4 + 4 + 2 = 10, C = 4
     p.add(b1, 0.5)  # new tenant between re-ranks: enters with its counter (0; nobody else is backlogged)
-    p.token_budget(8, running, kv)  # 2nd iteration since the re-rank: priorities still A = C = 0
+    p.begin_step(running, kv)  # 2nd iteration since the re-rank: priorities still A = C = 0
     assert p.reranks == 1 and p.displace(b1, running) is None  # B (0) is not below A, C (0)
-    p.token_budget(8, running, kv)  # re-rank: A = 10, C = 4, B = 0
+    p.begin_step(running, kv)  # re-rank: A = 10, C = 4, B = 0
     assert p.reranks == 2
     assert p.displace(b1, running) is a2  # most-served tenant A, its latest admitted request
     assert p.pick_victim(running) is a2
@@ -173,7 +173,7 @@ def test_fastswitch_displaces_only_if_room_would_suffice():
     kv = KVCacheManager(10, 4)
     small = seq("a1", "A", 8)
     kv.allocate(small, 8, kv.find_prefix(small))  # holds 2 blocks, 8 free
-    p.token_budget(8, [small], kv)
+    p.begin_step([small], kv)
     p._prio = {"A": 100.0, "B": 0.0}
     assert p.displace(seq("b1", "B", 40), [small]) is small  # needs 10 blocks: 8 free + 2 freed
     assert p.displace(seq("b2", "B", 44), [small]) is None  # needs 11: preempting A cannot make room

@@ -13,28 +13,16 @@ import pytest
 
 from tokensched.cli import main
 from tokensched.config import SimConfig
-from tokensched.engine import Replica
-from tokensched.kv_cache import KVCacheManager
 from tokensched.policies import get_scheduler
 from tokensched.request import Request
-from tokensched.scheduler import SchedulerConfig
 from tokensched.sequence import Sequence
-from tokensched.simulator import Simulator, simulate
+from tokensched.simulator import simulate
 from tokensched.workload import load_workload
 
-from conftest import ConstantTiming
+from conftest import ConstantTiming, run_policy, times
 
 
-def run(requests, policy, *, budget=100, blocks=100, bs=4, max_seqs=10, macro=True, **opts):
-    spec = get_scheduler(policy)
-    rep = Replica(SchedulerConfig(max_seqs, budget), spec.factory(spec.factory.Options(**opts)),
-                  KVCacheManager(blocks, bs), ConstantTiming(1.0), max_model_len=10_000, macro_steps=macro)
-    Simulator(rep, requests).run()
-    return {s.id: s for s in rep.metrics.finished}, rep
-
-
-def times(done):
-    return {k: (s.first_scheduled_s, s.first_token_s, s.finish_s, s.preemptions) for k, s in done.items()}
+run = run_policy
 
 
 def test_vllm_priority_admits_lowest_value_then_earliest_then_id():

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tokensched.errors import UserError
+from tokensched.errors import UserError, read_user_text
 from tokensched.units import parse_duration
 
 
@@ -118,12 +118,7 @@ def make_config(values: dict[str, Any], *, source: str = "option", lines: dict[s
 def load_config_file(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Read a YAML config: returns (values keyed by field name, line of each key)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such config file", where=str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read config file: {e}", where=str(p)) from None
+    text = read_user_text(p, "config file")
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokensched.errors import UserError
+from tokensched.errors import UserError, read_user_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +203,7 @@ def _field(cfg: dict[str, Any], key: str, where: str, *, default: Any = ..., kin
 
 def _read_json(path: Path) -> dict[str, Any]:
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such file", where=where) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read file: {e}", where=where) from None
+    text = read_user_text(path, "file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -129,6 +129,7 @@ class Scheduler:
 
     def schedule(self, now: float) -> ScheduledBatch:
         kv, policy, running = self.kv, self.policy, self.running
+        policy.begin_step(running, kv)
         full_budget = policy.token_budget(self.config.max_batched_tokens, running, kv)
         budget = full_budget
         batch = ScheduledBatch()

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tokensched.errors import UserError
+from tokensched.errors import UserError, read_user_text
 from tokensched.timing import RooflineParams
 
 FORMAT = "tokensched-roofline-coefficients"
@@ -131,12 +131,7 @@ def _make(params: dict[str, float], key: str, where: str) -> RooflineParams:
 def load_coefficients(path: str | Path) -> dict[str, Calibration]:
     """Read a coefficients file written by ``tokensched calibrate`` (or by hand)."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("no such coefficients file", where=str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read coefficients file: {e}", where=str(p)) from None
+    text = read_user_text(p, "coefficients file")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:

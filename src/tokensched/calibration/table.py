@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokensched.errors import UserError
+from tokensched.errors import UserError, read_user_text
 from tokensched.hardware import get_gpu
 
 COLUMNS = ("op", "gpu", "dtype", "m", "n", "k", "batch", "new_tokens", "context", "heads", "kv_heads", "head_dim",
@@ -131,12 +131,7 @@ def _parse_row(cells: dict[str, str], where: str) -> Measurement:
 def load_table(path: str | Path) -> list[Measurement]:
     """Read and validate a table; every error names ``file:line`` and the column."""
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError("no such latency table", where=str(p)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read latency table: {e}", where=str(p)) from None
+    lines = read_user_text(p, "latency table").splitlines()
     header: list[str] | None = None
     rows: list[Measurement] = []
     for lineno, line in enumerate(lines, 1):

@@ -82,6 +82,9 @@ class SchedulerPolicy:
         """A running sequence to preempt so that the waiting ``candidate`` can start (None: wait)."""
         return None
 
+    def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
+        """Called first in every scheduling decision (apply pending bookkeeping, look at the cache)."""
+
     def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
         """This iteration's token budget (default: the configured ``max_batched_tokens``)."""
         return budget

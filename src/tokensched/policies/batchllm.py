@@ -205,12 +205,15 @@ class BatchLLMPolicy(SchedulerPolicy):
             self._member_gone(g)
 
     # ---- token budget ----------------------------------------------------------------------------
-    def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
-        """Release finished groups' prefixes, then size the budget by the KV room below the threshold."""
+    def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
+        """Release the shared prefixes of groups that finished since the last decision."""
         if self._to_release:
             if self.options.release:
                 kv.release(self._to_release)
             self._to_release = []
+
+    def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
+        """Size the budget by the KV room below the threshold (memory-centric batching)."""
         o = self.options
         room = int(o.kv_threshold * kv.num_blocks) - kv.used_blocks
         if room <= 0:

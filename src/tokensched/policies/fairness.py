@@ -103,11 +103,10 @@ class VTCPolicy(SchedulerPolicy):
                     self._base[tenant], self._in[tenant], self._out[tenant] = floor, 0, 0
         pending.clear()
 
-    def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
+    def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
         """Called first in every scheduling decision: apply the lifts of tenants that became backlogged."""
         if self._newly_backlogged:
             self._apply_lifts()
-        return budget
 
     def on_admit(self, seq: Sequence, num_new: int, now: float) -> None:
         if seq.policy_state != _CHARGED:  # a resumed (preempted) request was charged at its first admission
@@ -219,23 +218,22 @@ class FastSwitchPolicy(VTCPolicy):
         self._prio = {t: self.counter(t) for t in self._queues}
         self.reranks += 1
 
-    def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
+    def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
         """Called once per scheduler iteration, before anything else: lifts, then the re-rank clock."""
         self._kv = kv
-        super().token_budget(budget, running, kv)
+        super().begin_step(running, kv)
         if not self._stale and len(self._prio) < len(self._queues):
             for t in self._queues:  # a tenant first seen between re-ranks enters with its (lifted) counter
                 if t not in self._prio:
                     self._prio[t] = self.counter(t)
         if not self._waiting:
             self._stale = True
-            return budget
+            return
         if self._stale or self._since >= self.rerank_every:
             self._rerank()
             self._since = 0
             self._stale = False
         self._since += 1
-        return budget
 
     def _victim_order(self, running: list[Sequence]) -> list[Sequence]:
         """Least important tenant first; within it (and among equals) the latest admitted first."""

@@ -40,7 +40,7 @@ class KeyedQueuePolicy(SchedulerPolicy):
         super().__init__(options)
         self._heap: list[tuple[Any, int, Sequence]] = []
         self._count = 0  # insertion counter: final tie-break, never compares Sequences
-        self._kv: KVCacheManager | None = None  # seen at each token_budget call; used by room_victim
+        self._kv: KVCacheManager | None = None  # seen at each begin_step; used by room_victim
         self._fresh: set[Sequence] = set()  # admitted during the iteration being formed: not displaceable
 
     def sort_key(self, seq: Sequence) -> Any:
@@ -72,10 +72,9 @@ class KeyedQueuePolicy(SchedulerPolicy):
         return heapq.heappop(self._heap)[2]
 
     # ---- displacement --------------------------------------------------------------------------
-    def token_budget(self, budget: int, running: list[Sequence], kv: KVCacheManager) -> int:
-        self._kv = kv  # the only hook that sees the cache; schedule() calls it before anything else
+    def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
+        self._kv = kv  # used by room_victim during this decision
         self._fresh.clear()
-        return budget
 
     def on_admit(self, seq: Sequence, num_new: int, now: float) -> None:
         self._fresh.add(seq)
