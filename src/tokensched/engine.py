@@ -85,6 +85,28 @@ class Replica:
         sched.admission.on_release(seq)
         seq.status = SeqStatus.WAITING
 
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence for good, between steps (e.g. an RL partial rollout cut short).
+
+        A running one frees its KV as ``detach`` does; a waiting one leaves the policy's queue (a CPU copy
+        from swap preemption is dropped). The sequence keeps its progress counters (``num_generated``) for
+        the caller and ends REJECTED with reason ``"aborted"``; it is not recorded as finished.
+        """
+        sched = self.scheduler
+        assert not self.busy, "abort between steps, not while a step is in flight"
+        if seq.status is SeqStatus.RUNNING:
+            assert seq in sched.running, "abort a running sequence of another replica"
+            sched.running.remove(seq)
+            self.kv.free(seq)
+            sched.admission.on_release(seq)
+        elif seq.status is SeqStatus.WAITING:
+            sched.policy.remove(seq)
+            seq.swapped_tokens = 0
+        else:
+            raise ValueError(f"abort: sequence {seq.id} is {seq.status.name}, not waiting or running")
+        seq.status = SeqStatus.REJECTED
+        seq.reject_reason = "aborted"
+
     def can_attach(self, seq: Sequence) -> bool:
         sched = self.scheduler
         return (len(sched.running) < sched.config.max_num_seqs
@@ -151,7 +173,7 @@ class Replica:
         first eviction.
         """
         kv = self.kv
-        avail = kv.available_blocks
+        avail = kv.appendable_blocks
         policy = self.scheduler.policy
         if len(policy) and kv.evictable_blocks and kv.find_prefix(policy.peek()).evictable_blocks:
             avail = kv.free_blocks

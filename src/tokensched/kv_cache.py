@@ -16,10 +16,17 @@ Resource calls come in check/commit pairs: ``can_allocate``/``allocate`` for adm
 ``can_append``/``append`` for running sequences. Checks have no side effects; commits assert the check held.
 Freeing puts a sequence's unreferenced cache units at the MRU end of the LRU queue in reverse prompt order,
 so the tail of a prompt is evicted before its head (as vLLM's free-block queue does).
+
+Pinning (program-level policies, e.g. Continuum's KV time-to-live during a tool call): ``pin(keys)`` moves
+unreferenced units out of the eviction order into a second tier. Pinned blocks count as *used* for admission
+(a new request cannot take them), but a running sequence that needs a block takes one from the pins, oldest
+pin first, before anyone is preempted (memory pressure unpins). ``unpin`` returns them to the MRU end of the
+eviction order; a prefix hit on a pinned unit references it as usual and ends its pin.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from math import gcd
 
@@ -63,13 +70,14 @@ NO_HIT = PrefixHit()
 
 
 class _Entry:
-    __slots__ = ("blocks", "refs", "hits", "priority")
+    __slots__ = ("blocks", "refs", "hits", "priority", "pinned")
 
     def __init__(self, blocks: int, priority: int) -> None:
         self.blocks = blocks
         self.refs = 1
         self.hits = 1  # admissions that used this unit, its creation included (for LFU)
         self.priority = priority  # of the last sequence that held it (for priority-aware eviction)
+        self.pinned = False  # unreferenced and held out of the eviction order (see KVCacheManager.pin)
 
 
 class KVCacheManager:
@@ -84,6 +92,10 @@ class KVCacheManager:
         self._entries: dict[int, _Entry] = {}
         self._lru: Evictor = evictor if evictor is not None else LRUEvictor()  # unreferenced entries
         self.evictable_blocks = 0
+        self._pinned: OrderedDict[int, int] = OrderedDict()  # pinned unreferenced units -> blocks, oldest first
+        self.pinned_blocks = 0
+        self.pin_evictions = 0  # pinned units taken by running sequences under memory pressure
+        self.pin_hits = 0  # admissions that found a unit still pinned
         self.evictions = 0
         self.queried_tokens = 0
         self.hit_tokens = 0
@@ -91,12 +103,23 @@ class KVCacheManager:
     # ---- queries -------------------------------------------------------------------------------
     @property
     def used_blocks(self) -> int:
-        """Blocks referenced by some sequence (cached but unreferenced blocks count as free)."""
+        """Blocks referenced by some sequence or pinned (cached but unreferenced blocks count as free)."""
         return self.num_blocks - self.free_blocks - self.evictable_blocks
 
     @property
     def available_blocks(self) -> int:
+        """Blocks an admission may take (pinned blocks excluded)."""
         return self.free_blocks + self.evictable_blocks
+
+    @property
+    def appendable_blocks(self) -> int:
+        """Blocks a running sequence may take: pinned blocks too (memory pressure unpins)."""
+        return self.free_blocks + self.evictable_blocks + self.pinned_blocks
+
+    def set_evictor(self, evictor: Evictor) -> None:
+        """Replace the eviction order before anything is cached (program-aware evictors need the simulator)."""
+        assert not self._entries, "set_evictor on a cache that holds units"
+        self._lru = evictor
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -116,7 +139,7 @@ class KVCacheManager:
                 break
             n += 1
             tokens = end
-            if e.refs == 0:
+            if e.refs == 0 and not e.pinned:
                 evictable += e.blocks
         return PrefixHit(n, tokens, evictable) if n else NO_HIT
 
@@ -139,8 +162,14 @@ class KVCacheManager:
         for h, _ in seq.units[: hit.num_units]:
             e = self._entries[h]
             if e.refs == 0:
-                lru.remove(h)
-                self.evictable_blocks -= e.blocks
+                if e.pinned:
+                    del self._pinned[h]
+                    self.pinned_blocks -= e.blocks
+                    e.pinned = False
+                    self.pin_hits += 1
+                else:
+                    lru.remove(h)
+                    self.evictable_blocks -= e.blocks
             e.refs += 1
             e.hits += 1
             seq.held_units.append(h)
@@ -156,7 +185,7 @@ class KVCacheManager:
         bs = self.block_size
         s = seq.slot_tokens
         need = -(-(s + num_new_tokens) // bs) - -(-s // bs)
-        return need <= self.free_blocks + self.evictable_blocks
+        return need <= self.free_blocks + self.evictable_blocks + self.pinned_blocks
 
     def append(self, seq: Sequence, num_new_tokens: int) -> None:
         assert self.can_append(seq, num_new_tokens), "append without room"
@@ -169,7 +198,7 @@ class KVCacheManager:
         new_slots = s + num_new_tokens
         need = -(-new_slots // bs) - -(-s // bs)
         if need > self.free_blocks:
-            if need > self.free_blocks + self.evictable_blocks:
+            if need > self.free_blocks + self.evictable_blocks + self.pinned_blocks:
                 return False
             self._take(need)
         else:
@@ -188,7 +217,7 @@ class KVCacheManager:
     def append_decode_steps(self, seqs: list[Sequence], steps: int) -> None:
         """Commit ``steps`` one-token steps for each of ``seqs`` at once (the macro-step's allocation)."""
         need = self.append_blocks_needed([s.slot_tokens for s in seqs], steps)
-        assert need <= self.free_blocks + self.evictable_blocks, "append without room"
+        assert need <= self.appendable_blocks, "append without room"
         self._take(need)
         bs = self.block_size
         for seq in seqs:
@@ -232,9 +261,14 @@ class KVCacheManager:
             lru = self._lru
             entries = self._entries
             while n > self.free_blocks:
-                h, blocks = lru.pop()
+                if len(lru):
+                    h, blocks = lru.pop()
+                    self.evictable_blocks -= blocks
+                else:  # only a running sequence gets here (admission checks exclude pins)
+                    h, blocks = self._pinned.popitem(last=False)
+                    self.pinned_blocks -= blocks
+                    self.pin_evictions += 1
                 del entries[h]
-                self.evictable_blocks -= blocks
                 self.free_blocks += blocks
                 self.evictions += 1
         self.free_blocks -= n
@@ -272,12 +306,57 @@ class KVCacheManager:
             e = entries.get(h)
             if e is None or e.refs:
                 continue
-            self._lru.remove(h)
+            if e.pinned:
+                del self._pinned[h]
+                self.pinned_blocks -= e.blocks
+            else:
+                self._lru.remove(h)
+                self.evictable_blocks -= e.blocks
             del entries[h]
-            self.evictable_blocks -= e.blocks
             self.free_blocks += e.blocks
             freed += e.blocks
         return freed
+
+    # ---- pinning (program-level policies) ------------------------------------------------------
+    def pin(self, keys: list[int]) -> list[int]:
+        """Hold the unreferenced cached units among ``keys`` out of the eviction order; returns those pinned.
+
+        Referenced units (another sequence still uses them) and absent ones are skipped.
+        """
+        entries = self._entries
+        pinned = []
+        for h in keys:
+            e = entries.get(h)
+            if e is None or e.refs or e.pinned:
+                continue
+            self._lru.remove(h)
+            self.evictable_blocks -= e.blocks
+            e.pinned = True
+            self._pinned[h] = e.blocks
+            self.pinned_blocks += e.blocks
+            pinned.append(h)
+        return pinned
+
+    def unpin(self, keys: list[int]) -> int:
+        """End the pins among ``keys`` that still hold (the units join the MRU end of the eviction order);
+        returns the blocks unpinned. Units hit or taken since they were pinned are skipped."""
+        entries = self._entries
+        n = 0
+        for h in reversed(keys):  # like free(): the tail of a prompt is evicted before its head
+            e = entries.get(h)
+            if e is None or not e.pinned:
+                continue
+            del self._pinned[h]
+            self.pinned_blocks -= e.blocks
+            e.pinned = False
+            self._lru.push(h, e.blocks, e.hits, e.priority)
+            self.evictable_blocks += e.blocks
+            n += e.blocks
+        return n
+
+    def is_pinned(self, key: int) -> bool:
+        e = self._entries.get(key)
+        return e is not None and e.pinned
 
     # ---- invariants (tests) --------------------------------------------------------------------
     def check_invariants(self, seqs: list[Sequence]) -> None:
@@ -294,8 +373,10 @@ class KVCacheManager:
         cached = 0
         for h, e in self._entries.items():
             assert e.refs == refs.get(h, 0), f"unit {h}: refs {e.refs} != holders {refs.get(h, 0)}"
-            assert (h in self._lru) == (e.refs == 0), f"unit {h}: LRU membership wrong"
+            assert (h in self._lru) == (e.refs == 0 and not e.pinned), f"unit {h}: LRU membership wrong"
+            assert (h in self._pinned) == e.pinned and not (e.pinned and e.refs), f"unit {h}: pin state wrong"
             cached += e.blocks
         assert self.evictable_blocks == self._lru.values_sum()
+        assert self.pinned_blocks == sum(self._pinned.values())
         assert self.free_blocks >= 0
         assert self.free_blocks + cached + private == self.num_blocks, "blocks leaked or double-freed"

@@ -44,6 +44,7 @@ class ClusterResult:
     replicas: list[dict[str, Any]]  # one summary row per replica
     pools: list[dict[str, Any]]  # one summary row per pool
     info: dict[str, Any]
+    programs: list[dict[str, Any]] | None = None  # one row per program (program workloads)
 
 
 def _speed(replica: Replica) -> float:
@@ -113,12 +114,17 @@ class ClusterSimulator:
 
     def _deliver(self, i: int, req: Request, now: float) -> None:
         rep = self.replicas[i]
-        if rep.add_request(req, now).status is SeqStatus.REJECTED:  # too long: it never runs
+        seq = rep.add_request(req, now)
+        self.on_delivered(i, seq, now)
+        if seq.status is SeqStatus.REJECTED:  # too long: it never runs
             v = self.views[i]
             v.outstanding -= 1
             v.outstanding_tokens -= req.prompt_tokens + req.output_tokens
             return
         self.wake(i, now)
+
+    def on_delivered(self, i: int, seq: Any, now: float) -> None:
+        """Replica ``i`` received ``seq`` (status REJECTED if it can never run there)."""
 
     def wake(self, i: int, now: float) -> None:
         """Make sure replica ``i`` forms a batch at ``now`` if it is idle."""
@@ -247,6 +253,11 @@ def simulate_cluster(cfg: SimConfig, requests: list[Request],
         simulator = disagg_simulator(cfg)
     sim = (simulator or ClusterSimulator)(cfg, requests)
     sim.run(on_progress)
+    return cluster_result(sim, cfg, t0)
+
+
+def cluster_result(sim: ClusterSimulator, cfg: SimConfig, t0: float) -> ClusterResult:
+    """Summarize a finished cluster run (``t0``: its ``perf_counter`` start, for ``wall_s``)."""
     reps = sim.replicas
     rec, kv = _merge([r.metrics for r in reps], [r.kv for r in reps])
     preemptions = sum(r.scheduler.num_preemptions for r in reps)

@@ -21,6 +21,7 @@ from tokensched.policies.past_future import PastFutureAdmission
 from tokensched.policies.fairness import FastSwitchPolicy, VTCPolicy
 from tokensched.policies.length import SJFPolicy, SRPTPolicy
 from tokensched.policies.priority import SGLangPriorityPolicy, VLLMPriorityPolicy
+from tokensched.policies.program import ProgramKeyPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
                               "Zheng et al., BatchLLM, arXiv 2412.03594 (offline batches)", 8192),
     "layered": SchedulerSpec(LayeredPolicy, LayeredPolicy.__doc__ or "",
                              "Lee et al., Layered Prefill, arXiv 2510.08055", 8192),
+    "program": SchedulerSpec(ProgramKeyPolicy, ProgramKeyPolicy.__doc__ or "",
+                             "order set by --program-policy (docs/programs.md); chosen automatically", 8192),
 }
 
 ADMISSIONS: dict[str, tuple[type[AdmissionPolicy], str]] = {

@@ -64,6 +64,15 @@ class SchedulerPolicy:
     def peek(self) -> Sequence:
         return self._queue[0]
 
+    def remove(self, seq: Sequence) -> None:
+        """Take a waiting ``seq`` out of the queue for good (``Replica.abort``); O(queue length).
+
+        A policy that keeps its waiting sequences elsewhere than ``_queue`` must override this."""
+        try:
+            self._queue.remove(seq)
+        except ValueError:
+            raise ValueError(f"{seq.id} is not waiting in the {self.name} queue") from None
+
     def pop(self) -> Sequence:
         return self._queue.popleft()
 

@@ -71,6 +71,17 @@ class KeyedQueuePolicy(SchedulerPolicy):
     def pop(self) -> Sequence:
         return heapq.heappop(self._heap)[2]
 
+    def remove(self, seq: Sequence) -> None:
+        """Take a waiting ``seq`` out of the heap for good (eager: O(queue length), then re-heapify)."""
+        heap = self._heap
+        for i, entry in enumerate(heap):
+            if entry[2] is seq:
+                heap[i] = heap[-1]
+                heap.pop()
+                heapq.heapify(heap)
+                return
+        raise ValueError(f"{seq.id} is not waiting in the {self.name} queue")
+
     # ---- displacement --------------------------------------------------------------------------
     def begin_step(self, running: list[Sequence], kv: KVCacheManager) -> None:
         self._kv = kv  # used by room_victim during this decision
