@@ -56,6 +56,13 @@ _SIM_OPTIONS = [
     click.option("--price-per-gpu-hour", type=float, help="USD per GPU-hour, for the cost report."),
     click.option("--timing", help="Timing backend: roofline, measured (see `tokensched list timing`). [default: roofline]"),
     click.option("--timing-coefficients", help="Roofline coefficients JSON from `tokensched calibrate`. [default: shipped fit]"),
+    click.option("--program-policy", help="Program-level policy for program workloads (see `tokensched list programs`). "
+                 "[default: request-fcfs]"),
+    click.option("--program-option", "program_option", multiple=True, metavar="KEY=VALUE",
+                 help="A knob of the program policy (repeatable), e.g. --program-option ttl_s=2."),
+    click.option("--num-programs", type=int, help="Programs to generate or replay. [default: presets 100, traces all]"),
+    click.option("--program-rate", type=float, help="Program arrivals per second (Poisson)."),
+    click.option("--tool-scale", type=float, help="Multiply every tool-call duration by this. [default: 1]"),
 ]
 
 
@@ -77,7 +84,7 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 # repeatable KEY=VALUE flags and the config dict each one fills
 _OPTION_FLAGS = {"policy_option": "policy_options", "router_option": "router_options",
-                 "autoscaler_option": "autoscaler_options"}
+                 "autoscaler_option": "autoscaler_options", "program_option": "program_options"}
 
 
 def apply_flags(ctx: click.Context, flags: dict[str, Any], values: dict[str, Any], lines: dict[str, int]) -> None:
@@ -125,6 +132,11 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
         source = config_path
     apply_flags(ctx, flags, values, lines)
     cfg = make_config(values, source=source, lines=lines)
+    from tokensched.programs.sources import is_program_workload
+
+    if trace_format is None and is_program_workload(cfg.workload):
+        _simulate_programs(cfg, output, as_json)
+        return
     workload = load_workload(cfg.workload, num_requests=cfg.num_requests, qps=cfg.qps, seed=cfg.seed,
                              window=cfg.window_bounds(), fmt=trace_format)
     if not workload.requests:
@@ -163,10 +175,31 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
             Console().print(f"[dim]wrote {', '.join(p.name for p in written)} to {output}[/]")
 
 
+def _simulate_programs(cfg: Any, output: str | None, as_json: bool) -> None:
+    from tokensched.programs.sim import simulate_programs
+    from tokensched.programs.sources import load_programs
+    from tokensched.report import print_summary, summary_json, write_outputs
+
+    for flag, v in (("--qps", cfg.qps), ("--num-requests", cfg.num_requests), ("--window", cfg.window)):
+        if v is not None:
+            raise UserError(f"{flag} applies to request traces; for programs use --program-rate / --num-programs",
+                            where=flag)
+    pw = load_programs(cfg.workload, num_programs=cfg.num_programs, rate=cfg.program_rate, seed=cfg.seed,
+                       tool_scale=cfg.tool_scale)
+    result = simulate_programs(cfg, pw.programs, cfg.program_policy, cfg.program_options)
+    written = write_outputs(result, output) if output else []
+    if as_json:
+        click.echo(summary_json(result.summary))
+    else:
+        print_summary(result, Console(), pw.notes)
+        if written:
+            Console().print(f"[dim]wrote {', '.join(p.name for p in written)} to {output}[/]")
+
+
 @cli.command(name="list")
 @click.argument("what", required=False,
-                type=click.Choice(["schedulers", "policies", "routers", "models", "gpus", "timing", "presets", "formats"],
-                                  case_sensitive=False))
+                type=click.Choice(["schedulers", "policies", "routers", "programs", "models", "gpus", "timing", "presets",
+                                   "formats"], case_sensitive=False))
 def list_cmd(what: str | None) -> None:
     """Show schedulers, models, GPUs, workload presets and trace formats."""
     from tokensched.hardware import GPUS
@@ -175,8 +208,8 @@ def list_cmd(what: str | None) -> None:
     from tokensched.workload import PRESETS, TRACE_FORMATS
 
     console = Console()
-    show = [what.lower()] if what else ["schedulers", "policies", "routers", "models", "gpus", "timing", "presets",
-                                        "formats"]
+    show = [what.lower()] if what else ["schedulers", "policies", "routers", "programs", "models", "gpus", "timing",
+                                        "presets", "formats"]
     if "schedulers" in show:
         t = Table("scheduler", "default budget", "description", "reference", "options", title="Schedulers",
                   title_justify="left")
@@ -205,6 +238,20 @@ def list_cmd(what: str | None) -> None:
                   title_justify="left")
         for k, r in ROUTERS.items():
             t.add_row(k, (r.__doc__ or "").strip().split("\n")[0], ", ".join(r.Options.model_fields) or "–")
+        console.print(t)
+    if "programs" in show:
+        from tokensched.programs.policies import PROGRAM_POLICIES
+        from tokensched.programs.sources import PROGRAM_PRESETS
+
+        t = Table("program policy", "description", "reference", "options",
+                  title="Program policies (--program-policy, program workloads)", title_justify="left")
+        for k, c in PROGRAM_POLICIES.items():
+            t.add_row(k, (c.__doc__ or "").strip().split("\n")[0], c.reference, ", ".join(c.Options.model_fields))
+        console.print(t)
+        t = Table("program preset", "description", "programs/s", title="Program workloads (--workload NAME; also a "
+                  "SWE-agent rounds JSONL or a programs JSON file)", title_justify="left")
+        for k, p in PROGRAM_PRESETS.items():
+            t.add_row(k, p.description, f"{p.rate:g}")
         console.print(t)
     if "models" in show:
         t = Table("model", "params", "layers", "hidden", "heads/kv", "experts", "max len", title="Models",

@@ -57,6 +57,21 @@ class SimConfig(BaseModel):
     disagg: dict[str, Any] = Field(default_factory=dict, description="KV transfer options of prefill/decode pools")
     timing: str = Field("roofline", description="timing backend: roofline or measured (tokensched list timing)")
     timing_coefficients: str | None = Field(None, description="roofline coefficients JSON from `tokensched calibrate`")
+    # programs (see docs/programs.md)
+    program_policy: str = Field("request-fcfs", description="program-level policy for program workloads")
+    program_options: dict[str, Any] = Field(default_factory=dict, description="knobs of the program policy")
+    num_programs: int | None = Field(None, ge=1, description="programs to generate or replay (presets: 100)")
+    program_rate: float | None = Field(None, gt=0, description="program arrivals per second (Poisson)")
+    tool_scale: float = Field(1.0, gt=0, description="multiply every tool-call duration by this")
+
+    @field_validator("program_policy")
+    @classmethod
+    def _program_policy(cls, v: str) -> str:
+        from tokensched.programs.policies import PROGRAM_POLICIES
+
+        if v.strip().lower() not in PROGRAM_POLICIES:
+            raise ValueError(f"unknown program policy {v!r}; choose one of: {', '.join(PROGRAM_POLICIES)}")
+        return v.strip().lower()
 
     @field_validator("slo_ttft", "slo_tpot", "report_interval", "router_latency", mode="before")
     @classmethod

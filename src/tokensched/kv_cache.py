@@ -325,7 +325,7 @@ class KVCacheManager:
         """
         entries = self._entries
         pinned = []
-        for h in keys:
+        for h in reversed(keys):  # pins are taken oldest first, and a prompt's tail before its head
             e = entries.get(h)
             if e is None or e.refs or e.pinned:
                 continue
@@ -335,6 +335,7 @@ class KVCacheManager:
             self._pinned[h] = e.blocks
             self.pinned_blocks += e.blocks
             pinned.append(h)
+        pinned.reverse()
         return pinned
 
     def unpin(self, keys: list[int]) -> int:

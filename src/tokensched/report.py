@@ -70,8 +70,50 @@ def print_summary(result: Any, console: Console, notes: list[str] = ()) -> None:
         t2.add_row("SLO attainment", f"{slo['attainment']:.1%}")
         t2.add_row("goodput (requests/s)", f"{slo['goodput_requests_per_s']:,.2f}")
     console.print(t2)
-    if "cluster" in s:
+    if "programs" in s:
+        print_programs(s["programs"], console)
+    if "cluster" in s and (s["cluster"]["replicas"] > 1 or "programs" not in s):
         print_cluster(result, console)
+
+
+def _s(v: float | None) -> str:
+    return "–" if v is None else f"{v:,.2f}"
+
+
+def print_programs(p: dict[str, Any], console: Console) -> None:
+    """Program metrics beside the request metrics: job completion time, deadlines, time split, prefill reuse."""
+    console.print(f"programs: [bold]{p['count']:,}[/] ({p['completed']:,} completed, {p['failed']:,} failed) · "
+                  f"program policy [bold]{p['policy']}[/]")
+    t = Table(title="Job completion time (s)", title_justify="left")
+    t.add_column("metric")
+    for c in ("mean", "p50", "p90", "p99", "max"):
+        t.add_column(c, justify="right")
+    t.add_row("JCT", *(_s(p["jct_s"][c]) for c in ("mean", "p50", "p90", "p99", "max")))
+    console.print(t)
+    t = Table(show_header=False, title="Per program", title_justify="left")
+    t.add_column("k")
+    t.add_column("v", justify="right")
+    tp = p["time_per_program_s"]
+    t.add_row("mean time with an LLM call waiting or running (s)", _s(tp["llm"]))
+    t.add_row("mean time idle on tool calls (s)", _s(tp["tool_idle"]))
+    t.add_row("mean time paused (s)", _s(tp["paused"]))
+    t.add_row("mean queueing of its calls (s)", _s(tp["queue"]))
+    d = p["deadline"]
+    if d["programs"]:
+        t.add_row("deadline attainment", f"{d['attainment']:.1%} of {d['programs']:,}")
+    pf = p["prefill_tokens"]
+    if pf["context"]:
+        t.add_row("context tokens reused from cache", f"{pf['context_saved']:,} ({pf['context_saved'] / pf['context']:.1%})")
+        t.add_row("context tokens recomputed", f"{pf['context_recomputed']:,}")
+    t.add_row("prefill tokens computed", f"{pf['computed']:,} of {pf['prompt']:,} prompt tokens")
+    pins = p["pins"]
+    if pins["pins"]:
+        t.add_row("KV pins (hits / expired blocks / taken under pressure)",
+                  f"{pins['pins']:,} ({pins['pin_hits']:,} / {pins['pins_expired_blocks']:,} / {pins['pin_evictions']:,})")
+    pa = p["pause"]
+    if pa["threshold"] is not None:
+        t.add_row("pauses / resumes", f"{pa['pauses']:,} / {pa['resumes']:,}")
+    console.print(t)
 
 
 _CLUSTER_BASE_KEYS = {"replicas", "router", "imbalance_requests", "imbalance_tokens", "gpu_hours", "cost_usd",
@@ -130,6 +172,16 @@ def write_outputs(result: Any, out_dir: str | Path) -> list[Path]:
         for row in result.rows:
             w.writerow(["" if row[c] is None else row[c] for c in REQUEST_COLUMNS])
     written.append(p)
+    progs = getattr(result, "programs", None)
+    if progs:
+        p = d / "programs.csv"
+        with p.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            cols = list(progs[0])
+            w.writerow(cols)
+            for row in progs:
+                w.writerow(["" if row[c] is None else row[c] for c in cols])
+        written.append(p)
     rec = getattr(result, "recorder", None)
     if rec is None:  # a cluster run: one row per replica instead of a timeline
         p = d / "replicas.csv"
