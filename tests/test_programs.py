@@ -53,11 +53,11 @@ def test_child_prompt_shares_exactly_the_parents_full_blocks():
     p = Program("p", 0.0, (LLMCall("a", 100, 40), ToolCall("t", 1.0, deps=("a",)),
                            LLMCall("b", 300, 5, deps=("t",), context_from="a")))
     h = call_hashes(p, HashAllocator())
-    assert len(h["a"]) == 7 and len(h["b"]) == 19  # ceil(100/16), ceil(300/16)
-    # a's context = 140 tokens = 8 full blocks: b shares them (a's prompt blocks + a's first output block hashes)
+    assert len(h["a"]) == 9 and len(h["b"]) == 20  # prompt + output: ceil(140/16), ceil(305/16)
+    # a's context = 140 tokens = 8 full blocks: b's prompt starts with them (prompt and output blocks of a)
     assert p.context_tokens(p.by_id["b"]) == 140
-    assert h["b"][:6] == h["a"][:6]  # a's 6 full prompt blocks are reusable from the cache
-    assert len(set(h["b"][8:]) & set(h["a"])) == 0  # the new tokens are new content
+    assert h["b"][:8] == h["a"][:8]
+    assert len(set(h["b"][8:]) & set(h["a"])) == 0  # the partial block and the new tokens are new content
     # a second program has different content, except a shared prefix group
     q = Program("q", 0.0, (LLMCall("a", 100, 40),), prefix_group="sys", shared_prefix_tokens=64)
     r = Program("r", 0.0, (LLMCall("a", 200, 40),), prefix_group="sys", shared_prefix_tokens=64)
@@ -77,9 +77,9 @@ def test_fan_in_waits_for_the_slowest_tool_and_jct_is_exact():
     assert prog["jct_s"] == pytest.approx(join["finish_s"])
     assert prog["tool_idle_s"] == pytest.approx(3.0)
     assert prog["llm_time_s"] == pytest.approx(plan["e2e_s"] + join["e2e_s"])
-    # the join reuses the plan's cached prompt blocks: 500 tokens -> 31 full blocks
-    assert join["prefix_hit_tokens"] == 31 * 16
-    assert prog["context_tokens"] == 520 and prog["context_recomputed_tokens"] == 520 - 496
+    # the join reuses the plan's prompt and output blocks: 519 tokens had KV (not the last sampled one) -> 32 blocks
+    assert join["prefix_hit_tokens"] == 32 * 16
+    assert prog["context_tokens"] == 520 and prog["context_recomputed_tokens"] == 520 - 512
 
 
 def test_sequential_chain_sums_tool_times():
@@ -149,9 +149,9 @@ def _ttl_run(ttl: float, tool_s: float = 2.0):
 
 def test_ttl_expires_before_a_longer_tool_and_holds_through_a_shorter_one():
     short = _ttl_run(0.5).summary["programs"]["pins"]
-    assert short["pins"] == 1 and short["pins_expired_blocks"] == 1000 // 16 and short["pin_hits"] == 0
+    assert short["pins"] == 1 and short["pins_expired_blocks"] == (1000 + 10 - 1) // 16 and short["pin_hits"] == 0
     long = _ttl_run(5.0).summary["programs"]["pins"]
-    assert long["pins"] == 1 and long["pins_expired_blocks"] == 0 and long["pin_hits"] == 1000 // 16  # units hit
+    assert long["pins"] == 1 and long["pins_expired_blocks"] == 0 and long["pin_hits"] == (1000 + 10 - 1) // 16  # units hit (prompt and output)
     none = _ttl_run(0.0).summary["programs"]["pins"]
     assert none["pins"] == 0
 
@@ -332,3 +332,18 @@ def test_cli_program_errors_are_one_line(args, msg, capsys):
     assert main(["simulate", "--num-programs", "3", *args]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("policy, opts", [("request-fcfs", {}), ("continuum", {"ttl_s": 9.0}), ("kvflow", {})])
+def test_macro_steps_are_exact_for_programs(policy, opts):
+    """Output blocks are cached inside macro-steps too: single steps and macro-steps give the same run."""
+    progs = generate_programs("chat-sessions", 20, rate=8.0, seed=5)
+    a = simulate_programs(SimConfig(kv_blocks=500, macro_steps=True), progs, policy, opts)
+    b = simulate_programs(SimConfig(kv_blocks=500, macro_steps=False), progs, policy, opts)
+    assert a.rows == b.rows and a.programs == b.programs
+    s = a.summary
+    assert s["programs"]["prefill_tokens"]["context_saved"] > 0 and s["preemptions"] > 0
+    assert (s["programs"]["pins"]["pin_evictions"] > 0) == (policy == "continuum")
+    # pinned KV yields when it would otherwise idle the engine (every program completes, no deadlock)
+    assert (s["programs"]["pins"]["released_idle_blocks"] > 0) == (policy == "continuum")
+    assert s["programs"]["completed"] == 20

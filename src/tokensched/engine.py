@@ -131,6 +131,9 @@ class Replica:
         """Form the next batch at ``now``; None when there is nothing to run."""
         sched = self.scheduler
         batch = sched.schedule(now)
+        if not batch.seqs and self.kv.pinned_blocks and len(sched.policy) and not sched.running:
+            self.kv.unpin_all()  # pinned KV must not idle the engine: under this pressure every pin yields
+            batch = sched.schedule(now)
         if not batch.seqs:
             if sched.running or len(sched.policy):
                 raise RuntimeError("scheduler made no progress with work pending")  # a bug, not a user error

@@ -48,7 +48,8 @@ def prompt_units(request: Request, block_size: int) -> list[tuple[int, int]]:
         return []
     h = request.hash_block_size
     span = h * block_size // gcd(h, block_size)
-    full_end = min(len(hashes) * h, request.prompt_tokens) // block_size * block_size
+    limit = request.prompt_tokens + (request.output_tokens if request.hashes_cover_output else 0)
+    full_end = min(len(hashes) * h, limit) // block_size * block_size
     units: list[tuple[int, int]] = []
     end = 0
     while end < full_end:
@@ -95,7 +96,8 @@ class KVCacheManager:
         self._pinned: OrderedDict[int, int] = OrderedDict()  # pinned unreferenced units -> blocks, oldest first
         self.pinned_blocks = 0
         self.pin_evictions = 0  # pinned units taken by running sequences under memory pressure
-        self.pin_hits = 0  # admissions that found a unit still pinned
+        self.pin_hits = 0  # units found still pinned by an admission
+        self.pins_released = 0  # pinned blocks released because the engine would otherwise idle
         self.evictions = 0
         self.queried_tokens = 0
         self.hit_tokens = 0
@@ -220,10 +222,13 @@ class KVCacheManager:
         assert need <= self.appendable_blocks, "append without room"
         self._take(need)
         bs = self.block_size
+        caching = self.enable_prefix_caching
         for seq in seqs:
             s = seq.slot_tokens
             seq.private_blocks += -(-(s + steps) // bs) - -(-s // bs)
             seq.slot_tokens = s + steps
+            if caching and seq.unit_idx < len(seq.units):  # output blocks (hashes_cover_output) fill up
+                self._cache_units(seq, s + steps)
 
     def _grow(self, seq: Sequence, num_new_tokens: int) -> None:
         bs = self.block_size
@@ -354,6 +359,11 @@ class KVCacheManager:
             self.evictable_blocks += e.blocks
             n += e.blocks
         return n
+
+    def unpin_all(self) -> int:
+        """End every pin (oldest first into the eviction order); returns the blocks released."""
+        self.pins_released += self.pinned_blocks
+        return self.unpin(list(reversed(self._pinned)))
 
     def is_pinned(self, key: int) -> bool:
         e = self._entries.get(key)

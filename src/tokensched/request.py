@@ -8,6 +8,10 @@ prompt order. Two requests whose hashes agree at position ``i`` (and at every ea
 same prompt tokens up to the end of block ``i``: the hashes are *chained*, each one names its block and
 everything before it, as in vLLM and in the Mooncake trace. The last hash may cover a partial block. The
 KV cache manager maps these hashes onto its own block size (see ``kv_cache.py``).
+
+With ``hashes_cover_output`` the hashes go on past the prompt over the output tokens, so generated blocks join
+the prefix cache as they fill (vLLM V1 caches them too): a multi-turn program's next call, whose prompt is this
+call's prompt and output, then reuses the output's KV as well. Trace loaders leave it off (traces hash prompts).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Request:
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
     session_id: str | None = None
+    hashes_cover_output: bool = False
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ A :class:`Program` arrives at ``arrival_s`` and runs its nodes as their dependen
 * an :class:`LLMCall` is one request to the serving engine. Its prompt usually *extends* an earlier call's
   context: ``context_from`` names the call whose prompt and output are the first tokens of this prompt, so
   the prefix cache can reuse them (a ReAct turn extends the previous turn; a reduce step extends the plan).
+The hashes cover each call's output too, so its generated blocks are cached as they fill, as in vLLM V1.
   Without ``context_from`` the prompt is new (a program's first call), except for ``shared_prefix_tokens``
   tokens common to every program of the same ``prefix_group`` (a shared system prompt).
 * a :class:`ToolCall` takes ``duration_s`` of wall time outside the engine (a shell command, a search, a
@@ -15,9 +16,8 @@ Dependencies (``deps``) make any DAG: fan-out (parallel tool calls, map steps), 
 
 Prefix sharing is made real with chained block hashes (``hash_block_size`` = 16 tokens, vLLM's block):
 :func:`call_hashes` gives each call's prompt the hashes of its context parent's full blocks followed by
-fresh ones, so two calls share exactly the blocks that hold the same tokens. Known gap: the engine caches
-prompt blocks only, so a parent's *output* tokens are recomputed by the next call (they are 2 % of the next
-prompt in the SWE-agent trajectories; see docs/programs.md).
+fresh ones, so two calls share exactly the blocks that hold the same tokens. The last sampled token of a
+call never had its KV computed, so the block holding it is recomputed by the next call (as in vLLM).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class HashAllocator:
 
 
 def call_hashes(program: Program, alloc: HashAllocator) -> dict[str, tuple[int, ...]]:
-    """Chained 16-token block hashes of every LLM call's prompt (see the module docstring)."""
+    """Chained 16-token block hashes of every LLM call's prompt and output (see the module docstring)."""
     ctx: dict[str, list[int]] = {}  # call id -> hashes of its prompt + output blocks
     out: dict[str, tuple[int, ...]] = {}
     for n in program.nodes:
@@ -172,7 +172,7 @@ def call_hashes(program: Program, alloc: HashAllocator) -> dict[str, tuple[int, 
         total = -(-(n.prompt_tokens + n.output_tokens) // HASH_BLOCK)
         mine = head + alloc.fresh(total - len(head))
         ctx[n.id] = mine
-        out[n.id] = tuple(mine[: -(-n.prompt_tokens // HASH_BLOCK)])
+        out[n.id] = tuple(mine)
     return out
 
 
@@ -181,5 +181,5 @@ def call_request(program: Program, call: LLMCall, hashes: tuple[int, ...], arriv
     return Request(
         id=f"{program.id}/{call.id}", arrival_s=arrival_s, prompt_tokens=call.prompt_tokens,
         output_tokens=call.output_tokens, block_hashes=hashes, hash_block_size=HASH_BLOCK, tenant=program.tenant,
-        session_id=program.id, extra={"program": program.id, "call": call.id},
+        session_id=program.id, hashes_cover_output=True, extra={"program": program.id, "call": call.id},
     )

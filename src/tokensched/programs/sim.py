@@ -362,7 +362,8 @@ def summarize_programs(sim: ProgramSimulator) -> tuple[dict[str, Any], list[dict
         },
         "pins": {**{k: sim.counters[k] for k in ("pins", "pinned_blocks", "pins_expired_blocks")},
                  "pin_hits": sum(r.kv.pin_hits for r in sim.replicas),
-                 "pin_evictions": sum(r.kv.pin_evictions for r in sim.replicas)},
+                 "pin_evictions": sum(r.kv.pin_evictions for r in sim.replicas),
+                 "released_idle_blocks": sum(r.kv.pins_released for r in sim.replicas)},
         "pause": {"threshold": sim.pause_threshold, "pauses": sim.counters["pauses"],
                   "resumes": sim.counters["resumes"]},
     }
