@@ -347,3 +347,12 @@ def test_macro_steps_are_exact_for_programs(policy, opts):
     # pinned KV yields when it would otherwise idle the engine (every program completes, no deadlock)
     assert (s["programs"]["pins"]["released_idle_blocks"] > 0) == (policy == "continuum")
     assert s["programs"]["completed"] == 20
+
+
+def test_cli_rollout_compares_modes(capsys):
+    assert main(["rollout", "--steps", "2", "--num-prompts", "4", "--group-size", "4", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["mode"] for r in rows] == ["sync", "april", "async"]
+    assert all(r["consumed_samples"] == 2 * 4 * 4 for r in rows)
+    assert main(["rollout", "--mode", "april", "--over-provision", "-1"]) == 2
+    assert "--over-provision" in capsys.readouterr().err

@@ -291,6 +291,7 @@ def list_cmd(what: str | None) -> None:
 from tokensched import cli_compare  # noqa: E402,F401  (registers `compare`)
 from tokensched.cli_validate import validate as _validate; cli.add_command(_validate)  # noqa: E402,E702
 from tokensched import cli_calibrate  # noqa: E402,F401  (registers `profile` and `calibrate`)
+from tokensched import cli_rollout  # noqa: E402,F401  (registers `rollout`)
 
 
 def main(argv: list[str] | None = None) -> int:
