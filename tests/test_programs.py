@@ -356,3 +356,59 @@ def test_cli_rollout_compares_modes(capsys):
     assert all(r["consumed_samples"] == 2 * 4 * 4 for r in rows)
     assert main(["rollout", "--mode", "april", "--over-provision", "-1"]) == 2
     assert "--over-provision" in capsys.readouterr().err
+
+
+# ---- CPU KV tier and KVFlow prefetch -------------------------------------------------------------------
+
+def test_cpu_tier_offloads_evicted_units_and_loads_them_back():
+    kv = KVCacheManager(6, 16, host_blocks=3)
+    a = _seq("a", 64, (1, 2, 3, 4))
+    kv.allocate(a, 64, NO_HIT)
+    kv.free(a)  # 4 cached units, LRU order tail first: 4, 3, 2, 1
+    b = _seq("b", 80, tuple(range(10, 15)))
+    kv.allocate(b, 80, NO_HIT)  # 5 blocks: evicts a's units 4, 3, 2 (tail first) into the 3-block CPU tier
+    assert kv.offloaded_blocks == 3 and kv.host_used == 3
+    kv.check_invariants([b])
+    kv.free(b)
+    a2 = _seq("a2", 64, (1, 2, 3, 4))
+    hit = kv.find_prefix(a2)  # unit 1 on the GPU, units 2-3 in CPU memory; unit 4 is never hit (last token)
+    assert (hit.num_units, hit.tokens, hit.host_units, hit.host_blocks) == (3, 48, 2, 2)
+    assert kv.can_allocate(a2, 16, hit)
+    kv.allocate(a2, 16, hit)
+    assert kv.pending_load_blocks == 2 and kv.loaded_blocks == 2
+    # the 3 GPU blocks it took evicted 3 of b's units into CPU memory, pushing a's unit 4 out of it
+    assert kv.offloaded_blocks == 6 and kv.host_used == 3
+    assert a2.slot_tokens == 64 and len(a2.held_units) == 4  # 3 hit units + the recomputed 4th
+    kv.check_invariants([a2])
+
+
+def test_prefetch_brings_host_units_back_as_evictable_cache():
+    kv = KVCacheManager(4, 16, host_blocks=8)
+    a = _seq("a", 64, (1, 2, 3, 4))
+    kv.allocate(a, 64, NO_HIT)
+    kv.free(a)
+    c = _seq("c", 64, (7, 8, 9, 10))
+    kv.allocate(c, 64, NO_HIT)  # evicts all of a into CPU memory
+    assert kv.host_used == 4
+    kv.free(c)
+    assert kv.prefetch([h for h, _ in a.units]) == 4  # evicts c's cached units to make room
+    assert kv.prefetched_blocks == 4 and kv.pending_load_blocks == 0  # off the critical path
+    hit = kv.find_prefix(_seq("a3", 64, (1, 2, 3, 4)))
+    assert hit.host_units == 0 and hit.num_units == 3
+    kv.check_invariants([])
+
+
+def test_cpu_tier_cuts_recomputation_and_is_charged_pcie_time():
+    progs = generate_programs("react", 16, rate=6.0, seed=4)
+    no_cpu = simulate_programs(SimConfig(kv_blocks=700), progs, "request-fcfs")
+    cpu = simulate_programs(SimConfig(kv_blocks=700, cpu_kv_gb=20), progs, "request-fcfs")
+    a, b = no_cpu.summary, cpu.summary
+    assert "cpu_kv" not in a and b["cpu_kv"]["loaded_blocks"] > 0
+    assert b["programs"]["prefill_tokens"]["context_recomputed"] < a["programs"]["prefill_tokens"]["context_recomputed"]
+    # KVFlow prefetches idle programs' contexts before their tools end; macro-steps stay exact with the tier
+    kf = simulate_programs(SimConfig(kv_blocks=700, cpu_kv_gb=20), progs, "kvflow")
+    kf1 = simulate_programs(SimConfig(kv_blocks=700, cpu_kv_gb=20, macro_steps=False), progs, "kvflow")
+    assert kf.summary["programs"]["prefetches"] > 0 and kf.summary["cpu_kv"]["prefetched_blocks"] > 0
+    assert kf.rows == kf1.rows
+    off = simulate_programs(SimConfig(kv_blocks=700, cpu_kv_gb=20), progs, "kvflow", {"prefetch": False})
+    assert off.summary["programs"]["prefetches"] == 0

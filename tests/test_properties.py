@@ -26,6 +26,7 @@ def scenarios(draw):
     bs = draw(st.sampled_from([4, 16]))
     reqs = []
     t = 0.0
+    cover = draw(st.booleans())  # hashes go on over the outputs (program calls): generated blocks are cached
     for i in range(n):
         t += draw(st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.3]))
         prompt = draw(st.integers(1, 120))
@@ -33,7 +34,13 @@ def scenarios(draw):
         group = draw(st.integers(0, 3))
         shared = draw(st.integers(0, 4))
         hashes = tuple(group * 1000 + j for j in range(shared)) + tuple(10_000 + i * 100 + j for j in range(8))
-        reqs.append(Request(str(i), t, prompt, out, block_hashes=hashes[: -(-prompt // 16)], hash_block_size=16))
+        if cover:  # blocks holding generated tokens are this request's own content
+            own = prompt // 16
+            hashes = hashes[:own] + tuple(20_000 + i * 100 + j for j in range(-(-(prompt + out) // 16) - own))
+        else:
+            hashes = hashes[: -(-prompt // 16)]
+        reqs.append(Request(str(i), t, prompt, out, block_hashes=hashes, hash_block_size=16,
+                            hashes_cover_output=cover))
     longest = max(r.prompt_tokens + r.output_tokens for r in reqs)
     blocks = -(-longest // bs) + draw(st.integers(0, 40))
     return dict(
@@ -42,6 +49,7 @@ def scenarios(draw):
         budget=draw(st.sampled_from([8, 32, 256])),
         max_seqs=draw(st.integers(1, 8)),
         prefix=draw(st.booleans()),
+        host=draw(st.sampled_from([0, 0, 8, 64])),  # CPU KV tier (blocks)
     )
 
 
@@ -56,9 +64,9 @@ class CheckedReplica(Replica):
 
 
 def run(sc, macro):
-    kv = KVCacheManager(sc["blocks"], sc["bs"], enable_prefix_caching=sc["prefix"])
+    kv = KVCacheManager(sc["blocks"], sc["bs"], enable_prefix_caching=sc["prefix"], host_blocks=sc["host"])
     rep = CheckedReplica(SchedulerConfig(sc["max_seqs"], sc["budget"]), get_scheduler(sc["policy"]).factory(), kv,
-                         TIMING, max_model_len=100_000, macro_steps=macro)
+                         TIMING, max_model_len=100_000, macro_steps=macro, load_s_per_block=1e-4)
     Simulator(rep, sc["requests"]).run()
     return rep
 

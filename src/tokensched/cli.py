@@ -36,6 +36,7 @@ _SIM_OPTIONS = [
     click.option("--kv-blocks", type=int, help="KV blocks per replica. [default: from GPU memory]"),
     click.option("--gpu-memory-utilization", type=float, help="Fraction of GPU memory for vLLM. [default: 0.9]"),
     click.option("--prefix-caching/--no-prefix-caching", default=None, help="Prefix caching. [default: on]"),
+    click.option("--cpu-kv-gb", type=float, help="CPU memory per replica for KV evicted from the GPU. [default: 0]"),
     click.option("--max-model-len", type=int, help="Longest prompt+output. [default: the model's]"),
     click.option("--qps", type=float, help="Rescale arrivals to this mean request rate."),
     click.option("--num-requests", "-n", type=int, help="Number of requests (presets: 1000; traces: all)."),

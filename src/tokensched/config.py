@@ -36,6 +36,7 @@ class SimConfig(BaseModel):
     kv_blocks: int | None = Field(None, ge=1, description="KV blocks per replica (default: from GPU memory)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use")
     prefix_caching: bool = Field(True, description="reuse cached prompt blocks across requests")
+    cpu_kv_gb: float = Field(0.0, ge=0, description="CPU memory per replica for KV evicted from the GPU (0: none)")
     max_model_len: int | None = Field(None, ge=1, description="longest prompt+output (default: the model's)")
     qps: float | None = Field(None, gt=0, description="rescale arrivals to this mean rate")
     num_requests: int | None = Field(None, ge=1, description="take the first N requests")

@@ -52,6 +52,7 @@ class Replica:
         macro_steps: bool = True,
         admission: AdmissionPolicy | None = None,
         preemption: PreemptionMode | None = None,
+        load_s_per_block: float = 0.0,
     ) -> None:
         self.scheduler = Scheduler(config, policy, kv, admission, preemption)
         self.policy = policy
@@ -60,6 +61,7 @@ class Replica:
         self.max_model_len = max_model_len
         self.metrics = metrics or MetricsRecorder(kv.num_blocks)
         self.macro_steps = macro_steps
+        self.load_s_per_block = load_s_per_block  # PCIe seconds to load one KV block from CPU memory
         self.busy = False
 
     # ---- intake --------------------------------------------------------------------------------
@@ -134,17 +136,21 @@ class Replica:
         if not batch.seqs and self.kv.pinned_blocks and len(sched.policy) and not sched.running:
             self.kv.unpin_all()  # pinned KV must not idle the engine: under this pressure every pin yields
             batch = sched.schedule(now)
+        loads = self.kv.pending_load_blocks  # prefix hits in CPU memory admitted in this batch
+        self.kv.pending_load_blocks = 0
         if not batch.seqs:
             if sched.running or len(sched.policy):
                 raise RuntimeError("scheduler made no progress with work pending")  # a bug, not a user error
             return None
         self.busy = True
-        if self.macro_steps and batch.steady:
+        if self.macro_steps and batch.steady and not loads:
             step = self._macro_step(batch, now, horizon)
             if step is not None:
                 self.metrics.on_step(now, step.iterations, len(batch.seqs), sched, self.kv)
                 return step
         dt = self.timing.iteration_time(batch.shape())
+        if loads:  # loaded layer by layer ahead of compute would overlap; engines today mostly load first
+            dt += loads * self.load_s_per_block
         if batch.swap_s:
             dt = max(dt, batch.swap_s) if sched.preemption.overlap else dt + batch.swap_s
         self.metrics.on_step(now, 1, len(batch.seqs), sched, self.kv)

@@ -22,6 +22,12 @@ unreferenced units out of the eviction order into a second tier. Pinned blocks c
 (a new request cannot take them), but a running sequence that needs a block takes one from the pins, oldest
 pin first, before anyone is preempted (memory pressure unpins). ``unpin`` returns them to the MRU end of the
 eviction order; a prefix hit on a pinned unit references it as usual and ends its pin.
+
+CPU tier (``host_blocks > 0``; vLLM's CPU offload / LMCache, SGLang HiCache): a unit evicted from the GPU is
+copied to host memory (the copy-out overlaps compute and is not charged), LRU within ``host_blocks``. A prefix
+lookup continues through host units after the GPU run ends; admitting such a hit loads them back
+(``pending_load_blocks``, which the replica charges as PCIe time on that iteration) instead of recomputing them.
+``prefetch(keys)`` loads host units ahead of use into the eviction order (KVFlow), off the critical path.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class PrefixHit:
     num_units: int = 0
     tokens: int = 0
     evictable_blocks: int = 0  # blocks of the hit units that sit in the LRU queue (unreferenced)
+    host_units: int = 0  # of num_units, the last ones are in CPU memory (loaded back on admission)
+    host_blocks: int = 0
 
 
 NO_HIT = PrefixHit()
@@ -83,7 +91,7 @@ class _Entry:
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
-                 evictor: Evictor | None = None) -> None:
+                 evictor: Evictor | None = None, host_blocks: int = 0) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be >= 1")
         self.num_blocks = num_blocks
@@ -99,6 +107,15 @@ class KVCacheManager:
         self.pin_hits = 0  # units found still pinned by an admission
         self.pins_released = 0  # pinned blocks released because the engine would otherwise idle
         self.evictions = 0
+        # CPU tier
+        self.host_blocks = host_blocks
+        self._host: OrderedDict[int, int] = OrderedDict()  # units in CPU memory -> blocks, LRU first
+        self.host_used = 0
+        self.offloaded_blocks = 0  # GPU -> CPU on eviction
+        self.loaded_blocks = 0  # CPU -> GPU for admissions (on the critical path)
+        self.prefetched_blocks = 0  # CPU -> GPU ahead of use (off the critical path)
+        self.pending_load_blocks = 0  # loaded since the replica last charged them
+        self.host_hit_tokens = 0
         self.queried_tokens = 0
         self.hit_tokens = 0
 
@@ -133,7 +150,8 @@ class KVCacheManager:
         limit = seq.num_tokens - 1
         entries = self._entries
         n = tokens = evictable = 0
-        for h, end in seq.units:
+        units = seq.units
+        for h, end in units:
             if end > limit:
                 break
             e = entries.get(h)
@@ -143,11 +161,25 @@ class KVCacheManager:
             tokens = end
             if e.refs == 0 and not e.pinned:
                 evictable += e.blocks
+        host = self._host
+        if host and n < len(units):  # the prefix may go on in CPU memory
+            hn = hb = 0
+            for h, end in units[n:]:
+                if end > limit:
+                    break
+                b = host.get(h)
+                if b is None:
+                    break
+                hn += 1
+                hb += b
+                tokens = end
+            if hn:
+                return PrefixHit(n + hn, tokens, evictable, hn, hb)
         return PrefixHit(n, tokens, evictable) if n else NO_HIT
 
     # ---- admission: check / commit -------------------------------------------------------------
     def _new_blocks_for_admission(self, hit: PrefixHit, num_new_tokens: int) -> int:
-        return self.blocks_for(hit.tokens + num_new_tokens) - hit.tokens // self.block_size
+        return self.blocks_for(hit.tokens + num_new_tokens) - (hit.tokens // self.block_size - hit.host_blocks)
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int, hit: PrefixHit) -> bool:
         need = self._new_blocks_for_admission(hit, num_new_tokens)
@@ -161,7 +193,8 @@ class KVCacheManager:
         assert seq.slot_tokens == 0 and not seq.held_units and seq.private_blocks == 0, "allocate twice"
         assert self.can_allocate(seq, num_new_tokens, hit), "allocate without room"
         lru = self._lru
-        for h, _ in seq.units[: hit.num_units]:
+        gpu_units = hit.num_units - hit.host_units
+        for h, _ in seq.units[:gpu_units]:
             e = self._entries[h]
             if e.refs == 0:
                 if e.pinned:
@@ -175,6 +208,19 @@ class KVCacheManager:
             e.refs += 1
             e.hits += 1
             seq.held_units.append(h)
+        if hit.host_units:  # load the CPU part back into fresh GPU blocks
+            loaded = [(h, self._host.pop(h)) for h, _ in seq.units[gpu_units: hit.num_units]]
+            total = sum(b for _, b in loaded)
+            self.host_used -= total
+            self._take(total)
+            prio = seq.request.priority
+            for h, b in loaded:
+                self._entries[h] = _Entry(b, prio)
+                seq.held_units.append(h)
+            self.pending_load_blocks += total
+            self.loaded_blocks += total
+            if count_query:
+                self.host_hit_tokens += total * self.block_size
         seq.unit_idx = hit.num_units
         seq.slot_tokens = hit.tokens
         if count_query:
@@ -254,6 +300,8 @@ class KVCacheManager:
             if h not in entries:
                 blocks = (end - start) // self.block_size
                 entries[h] = _Entry(blocks, seq.request.priority)
+                if self._host and h in self._host:  # recomputed while a CPU copy waited: drop the copy
+                    self.host_used -= self._host.pop(h)
                 seq.private_blocks -= blocks
                 seq.held_units.append(h)
             # else: someone else cached the same content meanwhile; our copy stays private.
@@ -276,7 +324,41 @@ class KVCacheManager:
                 del entries[h]
                 self.free_blocks += blocks
                 self.evictions += 1
+                if self.host_blocks:
+                    self._offload(h, blocks)
         self.free_blocks -= n
+
+    def _offload(self, h: int, blocks: int) -> None:
+        if blocks > self.host_blocks:
+            return
+        host = self._host
+        while self.host_used + blocks > self.host_blocks:
+            self.host_used -= host.popitem(last=False)[1]
+        host[h] = blocks
+        self.host_used += blocks
+        self.offloaded_blocks += blocks
+
+    def prefetch(self, keys: list[int]) -> int:
+        """Load the units among ``keys`` that sit in CPU memory back to the GPU as unreferenced cached units (MRU
+        end of the eviction order), if they fit without touching pins; returns the blocks loaded. The copy is
+        assumed to overlap compute (KVFlow's overlapped prefetch), so no iteration is charged for it."""
+        host = self._host
+        todo = [(h, host[h]) for h in keys if h in host]
+        total = sum(b for _, b in todo)
+        if not todo or total > self.free_blocks + self.evictable_blocks:
+            return 0
+        for h, _ in todo:
+            del host[h]
+        self.host_used -= total
+        self._take(total)  # the blocks become cached, unreferenced units
+        for h, b in reversed(todo):  # tail first into the eviction order, as free() does
+            e = _Entry(b, 0)
+            e.refs = 0
+            self._entries[h] = e
+            self._lru.push(h, b, e.hits, 0)
+            self.evictable_blocks += b
+        self.prefetched_blocks += total
+        return total
 
     # ---- release -------------------------------------------------------------------------------
     def free(self, seq: Sequence) -> None:
@@ -389,5 +471,7 @@ class KVCacheManager:
             cached += e.blocks
         assert self.evictable_blocks == self._lru.values_sum()
         assert self.pinned_blocks == sum(self._pinned.values())
+        assert self.host_used == sum(self._host.values()) <= max(self.host_blocks, 0)
+        assert not (self._host.keys() & self._entries.keys()), "a unit both on the GPU and in CPU memory"
         assert self.free_blocks >= 0
         assert self.free_blocks + cached + private == self.num_blocks, "blocks leaked or double-freed"

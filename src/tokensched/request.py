@@ -12,6 +12,8 @@ KV cache manager maps these hashes onto its own block size (see ``kv_cache.py``)
 With ``hashes_cover_output`` the hashes go on past the prompt over the output tokens, so generated blocks join
 the prefix cache as they fill (vLLM V1 caches them too): a multi-turn program's next call, whose prompt is this
 call's prompt and output, then reuses the output's KV as well. Trace loaders leave it off (traces hash prompts).
+Blocks that hold generated tokens must hash to this request's own values (generated text is nobody else's):
+macro-steps rely on a running request's new blocks never being a waiting request's prefix.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from tokensched.timing_backends import get_timing
 
 STEP_END, ARRIVAL, SCHEDULE = 0, 1, 2  # priorities at equal time
 
+PCIE_EFFICIENCY = 0.8  # fraction of the host link large KV copies reach (as the swap model's default)
 ACTIVATION_RESERVE_BYTES = 1.3e9  # per GPU: activations, CUDA graphs, allocator slack (see docs/timing.md)
 
 
@@ -143,8 +144,12 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
         f"admission {cfg.admission}": admission_cls.Options,
         f"preemption {cfg.preemption}": preemption_cls.Options,
     })
+    # one block's KV on one GPU (KV heads split over tp) and over the whole replica
+    kv_heads = -(-model.num_kv_heads // cfg.tp)
+    block_bytes_gpu = 2 * model.num_layers * kv_heads * model.head_dim * model.dtype_bytes * cfg.block_size
+    host_blocks = int(cfg.cpu_kv_gb * 1e9 // (block_bytes_gpu * cfg.tp)) if cfg.prefix_caching else 0
     kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching,
-                        evictor=make_evictor(cfg.eviction))
+                        evictor=make_evictor(cfg.eviction), host_blocks=host_blocks)
     tm = timing
     if tm is None and cfg.timing_coefficients is not None:
         from tokensched.calibration.coefficients import roofline_from_file
@@ -165,15 +170,29 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
         admission=admission_cls(opts[f"admission {cfg.admission}"], max_model_len=max_model_len),
         preemption=preemption_cls(opts[f"preemption {cfg.preemption}"], model=model, gpu=gpu, tp=cfg.tp,
                                   block_size=cfg.block_size),
+        load_s_per_block=block_bytes_gpu / (gpu.pcie_bandwidth * PCIE_EFFICIENCY),
     )
     info = {"model": model.name, "gpu": gpu.key, "tp": cfg.tp, "scheduler": cfg.scheduler,
             "admission": cfg.admission, "preemption": cfg.preemption, "eviction": cfg.eviction,
             "kv_blocks": blocks, "block_size": cfg.block_size, "max_batched_tokens": budget,
             "max_num_seqs": cfg.max_num_seqs, "max_model_len": max_model_len,
-            "prefix_caching": cfg.prefix_caching,
+            "prefix_caching": cfg.prefix_caching, "cpu_kv_blocks": host_blocks,
             "timing": cfg.timing if timing is None else type(timing).__name__,
             "timing_source": getattr(tm, "calibration_source", None)}
     return replica, info
+
+
+def cpu_kv_summary(kvs: list[KVCacheManager]) -> dict[str, Any]:
+    """``{"cpu_kv": {...}}`` when the replicas have a CPU KV tier, else ``{}``."""
+    if not any(kv.host_blocks for kv in kvs):
+        return {}
+    return {"cpu_kv": {
+        "blocks": sum(kv.host_blocks for kv in kvs),
+        "offloaded_blocks": sum(kv.offloaded_blocks for kv in kvs),
+        "loaded_blocks": sum(kv.loaded_blocks for kv in kvs),
+        "prefetched_blocks": sum(kv.prefetched_blocks for kv in kvs),
+        "hit_tokens": sum(kv.host_hit_tokens for kv in kvs),
+    }}
 
 
 def simulate(
@@ -192,6 +211,7 @@ def simulate(
     summary = summarize(rec, replica.kv, preemptions=replica.scheduler.num_preemptions,
                         slo_ttft_s=cfg.slo_ttft, slo_tpot_s=cfg.slo_tpot)
     pre = replica.scheduler.preemption
+    summary.update(cpu_kv_summary([replica.kv]))
     if pre.keeps_kv:  # swap preemption: what moved over PCIe
         summary["swap"] = {"swapped_out_blocks": pre.swapped_out_blocks, "swapped_in_blocks": pre.swapped_in_blocks,
                            "swap_time_s": pre.swap_time_s}

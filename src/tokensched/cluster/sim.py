@@ -30,7 +30,7 @@ from tokensched.errors import UserError
 from tokensched.metrics import MetricsRecorder, request_rows, summarize
 from tokensched.request import Request
 from tokensched.sequence import SeqStatus
-from tokensched.simulator import build_replica
+from tokensched.simulator import build_replica, cpu_kv_summary
 from tokensched.timing import BatchShape
 
 STEP_END, TIMER, ARRIVAL, DISPATCH, SCHEDULE = 0, 1, 2, 3, 4
@@ -318,6 +318,7 @@ def cluster_result(sim: ClusterSimulator, cfg: SimConfig, t0: float) -> ClusterR
         "cost_per_million_output_tokens": (cost / out_tokens * 1e6) if cost is not None and out_tokens else None,
     }
     summary["cluster"].update(sim.summary_extra())
+    summary.update(cpu_kv_summary([r.kv for r in reps]))
     summary["pools"] = pools
     summary["wall_s"] = time.perf_counter() - t0
     info = {**sim.infos[0], "replicas": len(reps), "router": sim.router.name}

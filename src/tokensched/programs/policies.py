@@ -24,7 +24,9 @@ a gateway. The replica orders waiting calls by the key a policy returns (``polic
   ``deadline - estimated remaining critical-path time`` (programs without a deadline go last, FCFS).
 * ``kvflow`` — KVFlow (arXiv 2507.07400): program FCFS, and cached KV is evicted by *steps to execution*
   (the unit of the program that runs again furthest in the future goes first; finished programs' units
-  before everything) instead of LRU. Prefetch from CPU is not modelled (there is no CPU KV tier yet).
+  before everything) instead of LRU. With a CPU KV tier (``--cpu-kv-gb``) evicted units go to host memory, and
+  a program's context is prefetched back ``lead`` seconds before its tool call is expected to end (expected =
+  mean of that tool's past durations), overlapped with compute, so its next call finds it on the GPU.
 
 Every policy also takes ``pause_threshold`` (ThunderAgent-style pausing, see ``sim.py``).
 """
@@ -221,11 +223,19 @@ class Hexgen(ProgramPolicy):
         return (deadline - self.remaining_s(st), st.arrival_s)
 
 
+class KVFlowOptions(ProgramOptions):
+    prefetch: bool = Field(True, description="prefetch a program's context from CPU before its tool call ends "
+                           "(needs --cpu-kv-gb)")
+    prefetch_lead_s: float | None = Field(None, ge=0, description="start prefetching this long before the expected "
+                                          "tool end (default: the context's PCIe copy time)")
+
+
 class KVFlow(ProgramFCFS):
-    """KVFlow: program FCFS, and KV evicted by steps to execution instead of LRU (no CPU prefetch)."""
+    """KVFlow: program FCFS, KV evicted by steps to execution instead of LRU, overlapped CPU prefetch."""
 
     name = "kvflow"
-    reference = "KVFlow, arXiv 2507.07400 (eviction; prefetch not modelled)"
+    reference = "KVFlow, arXiv 2507.07400"
+    Options = KVFlowOptions
 
     def make_evictor(self) -> Callable[[], Any]:
         sim = self.sim

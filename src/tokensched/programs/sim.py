@@ -96,7 +96,9 @@ class ProgramSimulator(ClusterSimulator):
         self.working_set = 0
         self._paused: list[tuple[float, str]] = []  # heap of (program arrival, id) waiting to resume
         self._paused_calls: dict[str, list[LLMCall]] = {}
-        self.counters = {"pins": 0, "pinned_blocks": 0, "pins_expired_blocks": 0, "pauses": 0, "resumes": 0}
+        self.counters = {"pins": 0, "pinned_blocks": 0, "pins_expired_blocks": 0, "pauses": 0, "resumes": 0,
+                         "prefetches": 0}
+        self._prefetching = bool(getattr(opts, "prefetch", False)) and any(r.kv.host_blocks for r in self.replicas)
         for p in self.programs:
             self.add_timer(p.arrival_s, partial(self._arrive, p))
 
@@ -146,6 +148,14 @@ class ProgramSimulator(ClusterSimulator):
             st.tools_running += 1
             st.tool_started[node.id] = now
             self.add_timer(now + node.duration_s, partial(self._tool_done, st, node))
+            if self._prefetching and st.last_ctx is not None:
+                i, _, blocks = st.last_ctx
+                n, total = self._tool_stats.get(node.tool, (0, 0.0))
+                expected = total / n if n else 1.0
+                lead = self.policy.options.prefetch_lead_s
+                if lead is None:  # the PCIe copy time of the whole context
+                    lead = blocks * self.replicas[i].load_s_per_block
+                self.add_timer(now + max(0.0, expected - lead), partial(self._prefetch, st))
             return
         if not self._gate(st, node):
             if st.id not in self._paused_calls:
@@ -198,6 +208,8 @@ class ProgramSimulator(ClusterSimulator):
         st.calls.append({"call": call.id, "arrival_s": seq.request.arrival_s, "queue_s":
                          (seq.first_scheduled_s or now) - seq.request.arrival_s, "service_s": service,
                          "prompt": call.prompt_tokens, "context": ctx, "hit": hit, "preemptions": seq.preemptions})
+        bs = self.replicas[i].kv.block_size
+        st.last_ctx = (i, [h for h, _ in seq.units], seq.units[-1][1] // bs if seq.units else 0)
         tools = [st.program.by_id[c] for c in st.program.children[call.id]]
         tools = [t for t in tools if isinstance(t, ToolCall) and st.next_llm_calls(t.id)]
         if tools:
@@ -255,6 +267,14 @@ class ProgramSimulator(ClusterSimulator):
             st.resident = False
             self.working_set -= st.ctx_tokens
         self._resume(now)
+
+    def _prefetch(self, st: ProgramState, now: float) -> None:
+        """KVFlow: bring the idle program's context back from CPU memory before its next call."""
+        if st.llm_inflight or st.finish_s is not None or st.failed or st.last_ctx is None:
+            return
+        i, keys, _ = st.last_ctx
+        if self.replicas[i].kv.prefetch(keys):
+            self.counters["prefetches"] += 1
 
     def _expire(self, i: int, keys: list[int], now: float) -> None:
         self.counters["pins_expired_blocks"] += self.replicas[i].kv.unpin(keys)
@@ -366,6 +386,7 @@ def summarize_programs(sim: ProgramSimulator) -> tuple[dict[str, Any], list[dict
                  "released_idle_blocks": sum(r.kv.pins_released for r in sim.replicas)},
         "pause": {"threshold": sim.pause_threshold, "pauses": sim.counters["pauses"],
                   "resumes": sim.counters["resumes"]},
+        "prefetches": sim.counters["prefetches"],
     }
     return summary, rows
 

@@ -11,7 +11,7 @@ class ProgramState:
     __slots__ = (
         "program", "start_s", "finish_s", "pending_deps", "done", "llm_inflight", "tools_running", "paused",
         "resident", "ctx_tokens", "attained_s", "critical_s", "call_start_priority", "calls", "failed",
-        "time_llm_s", "time_tool_s", "time_paused_s", "_mark", "pins", "seq_of", "tool_started",
+        "time_llm_s", "time_tool_s", "time_paused_s", "_mark", "pins", "seq_of", "tool_started", "last_ctx",
     )
 
     def __init__(self, program: Program, now: float) -> None:
@@ -37,6 +37,7 @@ class ProgramState:
         self.pins: list[tuple[int, list[int]]] = []  # (replica, pinned unit keys)
         self.seq_of: dict[str, Any] = {}
         self.tool_started: dict[str, float] = {}
+        self.last_ctx: tuple[int, list[int], int] | None = None  # (replica, unit keys, blocks) of the last call
 
     @property
     def id(self) -> str:
