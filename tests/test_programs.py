@@ -412,3 +412,16 @@ def test_cpu_tier_cuts_recomputation_and_is_charged_pcie_time():
     assert kf.rows == kf1.rows
     off = simulate_programs(SimConfig(kv_blocks=700, cpu_kv_gb=20), progs, "kvflow", {"prefetch": False})
     assert off.summary["programs"]["prefetches"] == 0
+
+
+def test_compare_runs_program_policies_as_variants(capsys):
+    args = ["compare", "-w", "react", "--num-programs", "12", "--kv-blocks", "600", "--variant", "base=",
+            "--variant", "cont=program_policy=continuum,program_options.ttl_s=30", "--qps", "6", "-j", "1"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    by = {p["variant"]: p["summary"]["programs"] for p in res["points"]}
+    assert by["base"]["policy"] == "request-fcfs" and by["cont"]["policy"] == "continuum"
+    assert by["cont"]["pins"]["pins"] > 0 and by["base"]["pins"]["pins"] == 0
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Programs" in out and "programs/s" in out

@@ -51,7 +51,8 @@ def compare(ctx: click.Context, variants: tuple[str, ...], schedulers: str | Non
             output: str | None, html_file: bool, as_json: bool, trace_format: str | None, **flags: Any) -> None:
     """Compare policies or settings on one workload: a table, and with -o a report with plots."""
     from tokensched.compare import build_variants, parse_qps, results_json, run_comparison
-    from tokensched.compare_report import HEADERS, capacity_rows, deployment_text, slo_text, table_rows, write_report
+    from tokensched.compare_report import (HEADERS, PROGRAM_HEADERS, capacity_rows, deployment_text, program_rows,
+                                           slo_text, table_rows, write_report)
 
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
@@ -109,6 +110,14 @@ def compare(ctx: click.Context, variants: tuple[str, ...], schedulers: str | Non
         last = p.variant
         t.add_row(*row)
     console.print(t)
+    prog = program_rows(comp)
+    if prog:
+        t = Table(title="Programs", title_justify="left")
+        for i, h in enumerate(PROGRAM_HEADERS):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for row in prog:
+            t.add_row(*row)
+        console.print(t)
     if any(p.qps is None and p.offered_qps is not None for p in comp.points):
         console.print("[dim]* the workload's own mean arrival rate[/]")
     cap = capacity_rows(comp)

@@ -281,10 +281,38 @@ def _workload(source: str, num_requests: int | None, qps: float | None, seed: in
     return load_workload(source, num_requests=num_requests, qps=qps, seed=seed, window=window, fmt=fmt)
 
 
+def _program_point(cfg: SimConfig, variant: str, requested_qps: float | None) -> Point:
+    """A program workload: ``--qps`` is the program arrival rate; rows are the programs' LLM calls."""
+    from tokensched.programs.sim import simulate_programs
+    from tokensched.programs.sources import load_programs
+
+    if cfg.num_requests is not None or cfg.window is not None:
+        raise UserError("--num-requests and --window apply to request traces; for programs use --num-programs",
+                        where=cfg.workload)
+    pw = load_programs(cfg.workload, num_programs=cfg.num_programs, rate=cfg.qps or cfg.program_rate, seed=cfg.seed,
+                       tool_scale=cfg.tool_scale)
+    try:
+        result = simulate_programs(cfg, pw.programs, cfg.program_policy, cfg.program_options)
+    except UserError as e:
+        raise UserError(str(e), where=f"variant {variant!r}" if variant else None) from None
+    summary = dict(result.summary)
+    summary.pop("wall_s", None)
+    samples = {c: np.array([np.nan if r[c] is None else r[c] for r in result.rows], dtype=np.float64)
+               for c in SAMPLE_COLUMNS}
+    arrivals = [p.arrival_s for p in pw.programs]
+    span = max(arrivals) - min(arrivals) if arrivals else 0.0
+    notes = list(pw.notes) + ["for program workloads qps is the program arrival rate (programs/s)"]
+    return Point(variant, requested_qps, (len(arrivals) / span) if span > 0 else None, cfg.model_dump(mode="json"),
+                 summary, samples, [str(r["tenant"]) for r in result.rows], notes)
+
+
 def run_point(cfg: SimConfig, variant: str, requested_qps: float | None, fmt: str | None) -> Point:
     """Simulate one point (also the worker function: module-level so it pickles)."""
+    from tokensched.programs.sources import is_program_workload
     from tokensched.simulator import simulate
 
+    if fmt is None and is_program_workload(cfg.workload):
+        return _program_point(cfg, variant, requested_qps)
     w = _workload(cfg.workload, cfg.num_requests, cfg.qps, cfg.seed, cfg.window_bounds(), fmt)
     if not w.requests:
         raise UserError("the workload has no requests", where=cfg.workload)

@@ -57,6 +57,27 @@ def table_rows(comp: Comparison) -> list[list[str]]:
     return rows
 
 
+PROGRAM_HEADERS = ("variant", "programs/s", "JCT s\nmean", "JCT s\np50/p99", "deadline\nattainment",
+                   "context\nrecomputed", "tool idle s\nper program")
+
+
+def program_rows(comp: Comparison) -> list[list[str]]:
+    """Program metrics per point (program workloads only; else empty)."""
+    rows = []
+    for p in comp.points:
+        g = p.summary.get("programs")
+        if g is None:
+            continue
+        j = g["jct_s"]
+        att = g["deadline"]["attainment"]
+        rows.append([p.variant or "base", qps_label(p), "–" if j["mean"] is None else f"{j['mean']:.2f}",
+                     "–/–" if j["p50"] is None else f"{j['p50']:.2f}/{j['p99']:.2f}",
+                     "–" if att is None else f"{att:.1%}", f"{g['prefill_tokens']['context_recomputed']:,}",
+                     "–" if g["time_per_program_s"]["tool_idle"] is None
+                     else f"{g['time_per_program_s']['tool_idle']:.2f}"])
+    return rows
+
+
 def capacity_rows(comp: Comparison) -> list[list[str]]:
     """(variant, capacity) rows when a qps sweep and an SLO make capacity defined; else empty."""
     if not comp.qps or not comp.has_slo:
@@ -290,6 +311,9 @@ def report_blocks(comp: Comparison, images: list[Path]) -> list[tuple[str, Any]]
         ("h2", "Results"),
         ("table", (HEADERS, table_rows(comp))),
     ]
+    prog = program_rows(comp)
+    if prog:
+        blocks += [("h2", "Programs"), ("table", (PROGRAM_HEADERS, prog))]
     if any(p.qps is None and p.offered_qps is not None for p in comp.points):
         blocks.append(("p", "A rate marked with an asterisk is the workload's own mean arrival rate "
                             "(requests / arrival span)."))
