@@ -425,3 +425,19 @@ def test_compare_runs_program_policies_as_variants(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Programs" in out and "programs/s" in out
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_plas_preempts_a_call_of_a_program_with_more_service(preempt):
+    long_ = Program("long", 0.0, (LLMCall("a", 2000, 50), ToolCall("t", 0.0, deps=("a",)),
+                                  LLMCall("b", 2100, 2000, deps=("t",), context_from="a")))
+    short = Program("short", 2.0, (LLMCall("a", 300, 20),))
+    res = simulate_programs(SimConfig(max_num_seqs=1), [long_, short], "plas",
+                            {"discretize": False, "preempt": preempt})
+    rows = rows_by_call(res)
+    assert rows["long/a"]["finish_s"] < 2.0 < rows["long/b"]["finish_s"]  # b runs when short arrives
+    if preempt:  # short (0 s attained) displaces b (its program attained ~0.5 s) and finishes first
+        assert rows["short/a"]["finish_s"] < rows["long/b"]["finish_s"] and rows["long/b"]["preemptions"] == 1
+        assert rows["short/a"]["queue_s"] < 0.05
+    else:
+        assert rows["short/a"]["finish_s"] > rows["long/b"]["finish_s"] and rows["long/b"]["preemptions"] == 0

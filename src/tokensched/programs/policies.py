@@ -19,7 +19,8 @@ a gateway. The replica orders waiting calls by the key a policy returns (``polic
   call by its program's total service so far; ATLAS by the service along the program's critical path
   (``max_cp = max(max_cp, start_priority + call_service)``, each call snapshotting ``max_cp`` at its start).
   Service = engine time of a call (first scheduled to finish). Keys are discretised into the queues of
-  ``thresholds_s`` (MLFQ, FCFS by program arrival inside a queue); ``discretize: false`` uses raw service.
+  ``thresholds_s`` (MLFQ, FCFS by program arrival inside a queue); ``discretize: false`` uses raw service;
+  ``preempt: true`` lets a waiting call that cannot start displace running calls of lower queues.
 * ``hexgen`` — HEXGEN-TEXT2SQL-style adaptive urgency: calls ordered by their program's slack,
   ``deadline - estimated remaining critical-path time`` (programs without a deadline go last, FCFS).
 * ``kvflow`` — KVFlow (arXiv 2507.07400): program FCFS, and cached KV is evicted by *steps to execution*
@@ -63,6 +64,11 @@ class ProgramPolicy:
     Options: ClassVar[type[BaseModel]] = ProgramOptions
     orders_calls: ClassVar[bool] = False  # replica runs the "program" scheduler with call_key
     pins: ClassVar[bool] = False
+
+    @property
+    def preempts(self) -> bool:
+        """Calls may displace running calls with larger keys (``program_preempt``)."""
+        return bool(getattr(self.options, "preempt", False))
 
     def __init__(self, options: BaseModel, sim: ProgramSimulator) -> None:
         self.options: Any = options
@@ -146,6 +152,8 @@ class Continuum(ProgramFCFS):
 class PLASOptions(ProgramOptions):
     thresholds_s: list[float] = Field([2, 4, 8, 16, 32, 64], description="attained-service queue bounds (s)")
     discretize: bool = Field(True, description="key by MLFQ queue index (Autellix) instead of raw service")
+    preempt: bool = Field(False, description="a waiting call that cannot start preempts running calls of "
+                          "lower-priority queues (Autellix's queues are preemptive; see docs/programs.md)")
 
 
 class PLAS(ProgramPolicy):

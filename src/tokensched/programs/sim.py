@@ -170,7 +170,10 @@ class ProgramSimulator(ClusterSimulator):
     def _issue(self, st: ProgramState, call: LLMCall, now: float) -> None:
         req = call_request(st.program, call, self.hashes[st.id][call.id], now)
         if self.policy.orders_calls:
-            req = replace(req, extra={**req.extra, "program_key": self.policy.call_key(st, call, now)})
+            extra = {**req.extra, "program_key": self.policy.call_key(st, call, now)}
+            if self.policy.preempts:
+                extra["program_preempt"] = True
+            req = replace(req, extra=extra)
         self._set_ctx(st, call.prompt_tokens + call.output_tokens)
         st.llm_inflight += 1
         self._calls[req.id] = (st, call)
