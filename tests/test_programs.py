@@ -441,3 +441,11 @@ def test_plas_preempts_a_call_of_a_program_with_more_service(preempt):
         assert rows["short/a"]["queue_s"] < 0.05
     else:
         assert rows["short/a"]["finish_s"] > rows["long/b"]["finish_s"] and rows["long/b"]["preemptions"] == 0
+
+
+def test_program_deadline_flag_applies_to_programs_without_one(capsys):
+    assert main(["simulate", "-w", "react", "--num-programs", "5", "--program-deadline", "1ms", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)["programs"]["deadline"]
+    assert (d["programs"], d["met"]) == (5, 0)
+    assert main(["simulate", "-w", "react", "--num-programs", "5", "--program-deadline", "soon"]) == 2
+    assert "program-deadline" in capsys.readouterr().err

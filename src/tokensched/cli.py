@@ -64,6 +64,7 @@ _SIM_OPTIONS = [
     click.option("--num-programs", type=int, help="Programs to generate or replay. [default: presets 100, traces all]"),
     click.option("--program-rate", type=float, help="Program arrivals per second (Poisson)."),
     click.option("--tool-scale", type=float, help="Multiply every tool-call duration by this. [default: 1]"),
+    click.option("--program-deadline", help="Deadline of programs without one, after their arrival, e.g. 30s."),
 ]
 
 
@@ -186,7 +187,7 @@ def _simulate_programs(cfg: Any, output: str | None, as_json: bool) -> None:
             raise UserError(f"{flag} applies to request traces; for programs use --program-rate / --num-programs",
                             where=flag)
     pw = load_programs(cfg.workload, num_programs=cfg.num_programs, rate=cfg.program_rate, seed=cfg.seed,
-                       tool_scale=cfg.tool_scale)
+                       tool_scale=cfg.tool_scale, deadline_s=cfg.program_deadline)
     result = simulate_programs(cfg, pw.programs, cfg.program_policy, cfg.program_options)
     written = write_outputs(result, output) if output else []
     if as_json:

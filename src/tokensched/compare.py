@@ -290,7 +290,7 @@ def _program_point(cfg: SimConfig, variant: str, requested_qps: float | None) ->
         raise UserError("--num-requests and --window apply to request traces; for programs use --num-programs",
                         where=cfg.workload)
     pw = load_programs(cfg.workload, num_programs=cfg.num_programs, rate=cfg.qps or cfg.program_rate, seed=cfg.seed,
-                       tool_scale=cfg.tool_scale)
+                       tool_scale=cfg.tool_scale, deadline_s=cfg.program_deadline)
     try:
         result = simulate_programs(cfg, pw.programs, cfg.program_policy, cfg.program_options)
     except UserError as e:

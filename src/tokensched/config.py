@@ -64,6 +64,7 @@ class SimConfig(BaseModel):
     num_programs: int | None = Field(None, ge=1, description="programs to generate or replay (presets: 100)")
     program_rate: float | None = Field(None, gt=0, description="program arrivals per second (Poisson)")
     tool_scale: float = Field(1.0, gt=0, description="multiply every tool-call duration by this")
+    program_deadline: float | None = Field(None, gt=0, description="deadline (s after arrival) of programs without one")
 
     @field_validator("program_policy")
     @classmethod
@@ -74,7 +75,7 @@ class SimConfig(BaseModel):
             raise ValueError(f"unknown program policy {v!r}; choose one of: {', '.join(PROGRAM_POLICIES)}")
         return v.strip().lower()
 
-    @field_validator("slo_ttft", "slo_tpot", "report_interval", "router_latency", mode="before")
+    @field_validator("slo_ttft", "slo_tpot", "report_interval", "router_latency", "program_deadline", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
         return None if v is None else parse_duration(v)

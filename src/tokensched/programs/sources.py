@@ -382,8 +382,20 @@ def is_program_workload(workload: str) -> bool:
 
 
 def load_programs(workload: str, *, num_programs: int | None = None, rate: float | None = None, seed: int = 0,
-                  tool_scale: float = 1.0) -> ProgramWorkload:
-    """Programs from a preset name, a SWE-agent rounds file or a programs JSON/JSONL file."""
+                  tool_scale: float = 1.0, deadline_s: float | None = None) -> ProgramWorkload:
+    """Programs from a preset name, a SWE-agent rounds file or a programs JSON/JSONL file.
+
+    ``deadline_s`` is given to every program that has no deadline of its own."""
+    pw = _load_programs(workload, num_programs, rate, seed, tool_scale)
+    if deadline_s is not None:
+        pw.programs = [p if p.deadline_s is not None else
+                       Program(p.id, p.arrival_s, p.nodes, deadline_s, p.tenant, p.prefix_group, p.shared_prefix_tokens,
+                               p.kind) for p in pw.programs]
+    return pw
+
+
+def _load_programs(workload: str, num_programs: int | None, rate: float | None, seed: int,
+                   tool_scale: float) -> ProgramWorkload:
     key = workload.lower()
     if key in PROGRAM_PRESETS:
         n = num_programs or 100
