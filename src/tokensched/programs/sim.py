@@ -213,6 +213,9 @@ class ProgramSimulator(ClusterSimulator):
                          "prompt": call.prompt_tokens, "context": ctx, "hit": hit, "preemptions": seq.preemptions})
         bs = self.replicas[i].kv.block_size
         st.last_ctx = (i, [h for h, _ in seq.units], seq.units[-1][1] // bs if seq.units else 0)
+        for j, keys in st.pins:  # what earlier pins still hold was not reused by this call: back to eviction
+            self.replicas[j].kv.unpin(keys)
+        st.pins.clear()
         tools = [st.program.by_id[c] for c in st.program.children[call.id]]
         tools = [t for t in tools if isinstance(t, ToolCall) and st.next_llm_calls(t.id)]
         if tools:
@@ -223,14 +226,15 @@ class ProgramSimulator(ClusterSimulator):
                 kv = self.replicas[i].kv
                 keys = [h for h, _ in seq.units]
                 blocks_before = kv.pinned_blocks
-                ttl = self.policy.pin_ttl(st, call, tools, kv.blocks_for(call.prompt_tokens), kv.num_blocks)
+                ttl = self.policy.pin_ttl(st, call, tools, kv.blocks_for(call.prompt_tokens + call.output_tokens),
+                                          kv.num_blocks)
                 if ttl > 0:
                     pinned = kv.pin(keys)
                     if pinned:
                         self.counters["pins"] += 1
                         self.counters["pinned_blocks"] += kv.pinned_blocks - blocks_before
                         st.pins.append((i, pinned))
-                        self.add_timer(now + ttl, partial(self._expire, i, pinned))
+                        self.add_timer(now + ttl, partial(self._expire, st, i, pinned))
         self._complete_node(st, call.id, now)
 
     def _tool_done(self, st: ProgramState, tool: ToolCall, now: float) -> None:
@@ -279,7 +283,11 @@ class ProgramSimulator(ClusterSimulator):
         if self.replicas[i].kv.prefetch(keys):
             self.counters["prefetches"] += 1
 
-    def _expire(self, i: int, keys: list[int], now: float) -> None:
+    def _expire(self, st: ProgramState, i: int, keys: list[int], now: float) -> None:
+        """A pin's TTL ran out. If the program's next call has already come back (it waits for admission), the pin
+        is kept for it: the tool finished in time, which is what the TTL bets on."""
+        if st.llm_inflight and st.finish_s is None:
+            return
         self.counters["pins_expired_blocks"] += self.replicas[i].kv.unpin(keys)
 
     # ---- pause gate ------------------------------------------------------------------------------
