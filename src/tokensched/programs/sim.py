@@ -94,6 +94,7 @@ class ProgramSimulator(ClusterSimulator):
         self.pause_threshold = opts.pause_threshold
         self.capacity_tokens = sum(r.kv.num_blocks * r.kv.block_size for r in self.replicas)
         self.working_set = 0
+        self.resident = 0  # programs in the working set
         self._paused: list[tuple[float, str]] = []  # heap of (program arrival, id) waiting to resume
         self._paused_calls: dict[str, list[LLMCall]] = {}
         self.counters = {"pins": 0, "pinned_blocks": 0, "pins_expired_blocks": 0, "pauses": 0, "resumes": 0,
@@ -222,6 +223,7 @@ class ProgramSimulator(ClusterSimulator):
             if self.pause_threshold is not None and self.working_set > self.pause_threshold * self.capacity_tokens \
                     and len(self.states) > 1:
                 self._evict_resident(st)  # idle program under memory pressure: pause it
+                self._resume(now)  # its working set left the budget: earlier-paused programs may fit
             elif self.policy.pins:
                 kv = self.replicas[i].kv
                 keys = [h for h, _ in seq.units]
@@ -272,6 +274,7 @@ class ProgramSimulator(ClusterSimulator):
         st.pins.clear()
         if st.resident:
             st.resident = False
+            self.resident -= 1
             self.working_set -= st.ctx_tokens
         self._resume(now)
 
@@ -284,10 +287,9 @@ class ProgramSimulator(ClusterSimulator):
             self.counters["prefetches"] += 1
 
     def _expire(self, st: ProgramState, i: int, keys: list[int], now: float) -> None:
-        """A pin's TTL ran out. If the program's next call has already come back (it waits for admission), the pin
-        is kept for it: the tool finished in time, which is what the TTL bets on."""
-        if st.llm_inflight and st.finish_s is None:
-            return
+        """A pin's TTL ran out: what it still holds joins the eviction order, even if the program's next call has
+        come back and waits for admission (keeping pins for waiting calls was measured to lock KV away from the
+        admissions that would drain the queue: docs/programs.md)."""
         self.counters["pins_expired_blocks"] += self.replicas[i].kv.unpin(keys)
 
     # ---- pause gate ------------------------------------------------------------------------------
@@ -300,10 +302,10 @@ class ProgramSimulator(ClusterSimulator):
         if self.pause_threshold is None or st.resident:
             return True
         need = call.prompt_tokens + call.output_tokens
-        nobody = not any(s.resident for s in self.states.values())
         ahead = bool(self._paused) and self._paused[0] < (st.arrival_s, st.id)
-        if nobody or (not ahead and self.working_set + need <= self.pause_threshold * self.capacity_tokens):
+        if not self.resident or (not ahead and self.working_set + need <= self.pause_threshold * self.capacity_tokens):
             st.resident = True
+            self.resident += 1
             self.working_set += st.ctx_tokens
             return True
         return False
@@ -313,6 +315,7 @@ class ProgramSimulator(ClusterSimulator):
             self.replicas[i].kv.unpin(keys)
         st.pins.clear()
         st.resident = False
+        self.resident -= 1
         self.working_set -= st.ctx_tokens
 
     def _resume(self, now: float) -> None:
@@ -321,21 +324,18 @@ class ProgramSimulator(ClusterSimulator):
             st = self.states[pid]
             calls = self._paused_calls[pid]
             need = max(c.prompt_tokens + c.output_tokens for c in calls)
-            nobody = not any(s.resident for s in self.states.values())
-            if not nobody and self.working_set + need > self.pause_threshold * self.capacity_tokens:  # type: ignore[operator]
+            if self.resident and self.working_set + need > self.pause_threshold * self.capacity_tokens:  # type: ignore[operator]
                 return
             heapq.heappop(self._paused)
             st.account(now)
             st.resident = True
+            self.resident += 1
             self.working_set += st.ctx_tokens
             self.counters["resumes"] += 1
             self._paused_calls.pop(pid)
             st.paused = 0
             for c in calls:
                 self._issue(st, c, now)
-
-    def summary_extra(self) -> dict[str, Any]:
-        return {}
 
 
 def summarize_programs(sim: ProgramSimulator) -> tuple[dict[str, Any], list[dict[str, Any]]]:
