@@ -121,8 +121,7 @@ def cli() -> None:
 @click.pass_context
 def simulate(ctx: click.Context, config_path: str | None, output: str | None, as_json: bool, trace_format: str | None,
              **flags: Any) -> None:
-    """Simulate one serving deployment and print latency and throughput."""
-    from tokensched.report import print_summary, summary_json, write_outputs
+    """Simulate one serving deployment (or programs: docs/programs.md) and print latency and throughput."""
     from tokensched.simulator import simulate as run_sim
     from tokensched.workload import load_workload
 
@@ -168,11 +167,18 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
     finally:
         if progress is not None:
             progress.stop()
+    _report(result, output, as_json, workload.notes)
+
+
+def _report(result: Any, output: str | None, as_json: bool, notes: list[str]) -> None:
+    """Write ``--output`` files, then print the summary JSON or the tables."""
+    from tokensched.report import print_summary, summary_json, write_outputs
+
     written = write_outputs(result, output) if output else []
     if as_json:
         click.echo(summary_json(result.summary))
     else:
-        print_summary(result, Console(), workload.notes)
+        print_summary(result, Console(), notes)
         if written:
             Console().print(f"[dim]wrote {', '.join(p.name for p in written)} to {output}[/]")
 
@@ -180,7 +186,6 @@ def simulate(ctx: click.Context, config_path: str | None, output: str | None, as
 def _simulate_programs(cfg: Any, output: str | None, as_json: bool) -> None:
     from tokensched.programs.sim import simulate_programs
     from tokensched.programs.sources import load_programs
-    from tokensched.report import print_summary, summary_json, write_outputs
 
     for flag, v in (("--qps", cfg.qps), ("--num-requests", cfg.num_requests), ("--window", cfg.window)):
         if v is not None:
@@ -189,13 +194,7 @@ def _simulate_programs(cfg: Any, output: str | None, as_json: bool) -> None:
     pw = load_programs(cfg.workload, num_programs=cfg.num_programs, rate=cfg.program_rate, seed=cfg.seed,
                        tool_scale=cfg.tool_scale, deadline_s=cfg.program_deadline)
     result = simulate_programs(cfg, pw.programs, cfg.program_policy, cfg.program_options)
-    written = write_outputs(result, output) if output else []
-    if as_json:
-        click.echo(summary_json(result.summary))
-    else:
-        print_summary(result, Console(), pw.notes)
-        if written:
-            Console().print(f"[dim]wrote {', '.join(p.name for p in written)} to {output}[/]")
+    _report(result, output, as_json, pw.notes)
 
 
 @cli.command(name="list")

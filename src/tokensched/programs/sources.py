@@ -61,17 +61,10 @@ def _ln(rng: np.random.Generator, median: float, sigma: float, lo: int = 1, hi: 
 # ----------------------------------------------------------------------------- SWE-agent trajectories
 
 def load_swe_rounds(text: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    from tokensched.workload.loaders import _jsonl  # one JSON Lines reader: file:line errors
+
     trajs: dict[str, list[dict[str, Any]]] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{name}:{i}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON: {e.msg}", where=where) from None
-        if not isinstance(row, dict):
-            raise UserError("expected a JSON object per line", where=where)
+    for where, row in _jsonl(text, name):
         for k in ("traj_id", "round", "input_tokens_est", "output_tokens_est"):
             if k not in row:
                 raise UserError(f"missing field {k!r}", where=where)
