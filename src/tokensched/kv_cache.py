@@ -56,12 +56,11 @@ def prompt_units(request: Request, block_size: int) -> list[tuple[int, int]]:
     span = h * block_size // gcd(h, block_size)
     limit = request.prompt_tokens + (request.output_tokens if request.hashes_cover_output else 0)
     full_end = min(len(hashes) * h, limit) // block_size * block_size
-    units: list[tuple[int, int]] = []
-    end = 0
-    while end < full_end:
-        end = min(end + span, full_end)
-        units.append(((hashes[(end - 1) // h] << 32) | end, end))
-    return units
+    if full_end <= 0:
+        return []
+    ends = list(range(span, full_end, span))
+    ends.append(full_end)
+    return [((hashes[(e - 1) // h] << 32) | e, e) for e in ends]
 
 
 @dataclass(slots=True)
@@ -253,7 +252,8 @@ class KVCacheManager:
             self.free_blocks -= need
         seq.private_blocks += need
         seq.slot_tokens = new_slots
-        if seq.unit_idx < len(seq.units) and self.enable_prefix_caching:
+        i = seq.unit_idx
+        if i < len(seq.units) and new_slots >= seq.units[i][1] and self.enable_prefix_caching:  # a unit filled up
             self._cache_units(seq, new_slots)
         return True
 
@@ -273,7 +273,8 @@ class KVCacheManager:
             s = seq.slot_tokens
             seq.private_blocks += -(-(s + steps) // bs) - -(-s // bs)
             seq.slot_tokens = s + steps
-            if caching and seq.unit_idx < len(seq.units):  # output blocks (hashes_cover_output) fill up
+            i = seq.unit_idx
+            if caching and i < len(seq.units) and s + steps >= seq.units[i][1]:  # output blocks filled up
                 self._cache_units(seq, s + steps)
 
     def _grow(self, seq: Sequence, num_new_tokens: int) -> None:
