@@ -462,3 +462,10 @@ def test_pin_expires_at_its_ttl_even_if_the_next_call_waits():
     assert pins["pins_expired_blocks"] == (1000 + 10 - 1) // 16 and pins["pin_hits"] == 0
     # nothing evicted the expired units (the hog needs 13 blocks of 28k): c1 still reuses the whole context
     assert rows["p/c1"]["prefix_hit_tokens"] == (1000 + 10 - 1) // 16 * 16
+
+
+def test_coarser_program_hashes_floor_reuse_to_their_size():
+    res = simulate_programs(SimConfig(program_hash_tokens=48), [plan_program()], "program-fcfs")
+    assert rows_by_call(res)["p/join"]["prefix_hit_tokens"] == 519 // 48 * 48  # 480, not 16-token 512
+    with pytest.raises(UserError, match="one must divide the other"):
+        simulate_programs(SimConfig(program_hash_tokens=24), [plan_program()])

@@ -65,6 +65,8 @@ _SIM_OPTIONS = [
     click.option("--program-rate", type=float, help="Program arrivals per second (Poisson)."),
     click.option("--tool-scale", type=float, help="Multiply every tool-call duration by this. [default: 1]"),
     click.option("--program-deadline", help="Deadline of programs without one, after their arrival, e.g. 30s."),
+    click.option("--program-hash-tokens", type=int, help="Tokens per prefix-cache hash of program calls; larger is "
+                 "faster, reuse is floored to it. [default: 16]"),
 ]
 
 

@@ -65,6 +65,8 @@ class SimConfig(BaseModel):
     program_rate: float | None = Field(None, gt=0, description="program arrivals per second (Poisson)")
     tool_scale: float = Field(1.0, gt=0, description="multiply every tool-call duration by this")
     program_deadline: float | None = Field(None, gt=0, description="deadline (s after arrival) of programs without one")
+    program_hash_tokens: int = Field(16, ge=1, le=4096, description="tokens per prefix-cache hash of program calls "
+                                     "(16: vLLM's block; larger is faster, reuse is floored to it)")
 
     @field_validator("program_policy")
     @classmethod

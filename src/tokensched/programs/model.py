@@ -154,32 +154,33 @@ class HashAllocator:
         return g[:blocks]
 
 
-def call_hashes(program: Program, alloc: HashAllocator) -> dict[str, tuple[int, ...]]:
-    """Chained 16-token block hashes of every LLM call's prompt and output (see the module docstring)."""
+def call_hashes(program: Program, alloc: HashAllocator, block: int = HASH_BLOCK) -> dict[str, tuple[int, ...]]:
+    """Chained ``block``-token hashes of every LLM call's prompt and output (see the module docstring)."""
     ctx: dict[str, list[int]] = {}  # call id -> hashes of its prompt + output blocks
     out: dict[str, tuple[int, ...]] = {}
     for n in program.nodes:
         if not isinstance(n, LLMCall):
             continue
         shared = program.context_tokens(n)
-        full = shared // HASH_BLOCK
+        full = shared // block
         if n.context_from is not None:
             head = ctx[n.context_from][:full]
         elif program.prefix_group is not None and full:
             head = alloc.group(program.prefix_group, full)
         else:
             head = []
-        total = -(-(n.prompt_tokens + n.output_tokens) // HASH_BLOCK)
+        total = -(-(n.prompt_tokens + n.output_tokens) // block)
         mine = head + alloc.fresh(total - len(head))
         ctx[n.id] = mine
         out[n.id] = tuple(mine)
     return out
 
 
-def call_request(program: Program, call: LLMCall, hashes: tuple[int, ...], arrival_s: float) -> Request:
-    """The engine request for ``call`` issued at ``arrival_s``."""
+def call_request(program: Program, call: LLMCall, hashes: tuple[int, ...], arrival_s: float,
+                 block: int = HASH_BLOCK) -> Request:
+    """The engine request for ``call`` issued at ``arrival_s`` (``hashes`` from :func:`call_hashes` at ``block``)."""
     return Request(
         id=f"{program.id}/{call.id}", arrival_s=arrival_s, prompt_tokens=call.prompt_tokens,
-        output_tokens=call.output_tokens, block_hashes=hashes, hash_block_size=HASH_BLOCK, tenant=program.tenant,
+        output_tokens=call.output_tokens, block_hashes=hashes, hash_block_size=block, tenant=program.tenant,
         session_id=program.id, hashes_cover_output=True, extra={"program": program.id, "call": call.id},
     )

@@ -64,8 +64,12 @@ class ProgramSimulator(ClusterSimulator):
             cfg = cfg.model_copy(update={"scheduler": "program"})
         self.programs = sorted(programs, key=lambda p: (p.arrival_s, p.id))
         alloc = HashAllocator()
-        self.hashes = {p.id: call_hashes(p, alloc) for p in self.programs}
-        static = [call_request(p, c, self.hashes[p.id][c.id], p.arrival_s) for p in self.programs
+        self.hash_block = cfg.program_hash_tokens
+        if self.hash_block % cfg.block_size and cfg.block_size % self.hash_block:
+            raise UserError(f"program-hash-tokens {self.hash_block} and block-size {cfg.block_size}: one must divide "
+                            "the other", where="program-hash-tokens")
+        self.hashes = {p.id: call_hashes(p, alloc, self.hash_block) for p in self.programs}
+        static = [call_request(p, c, self.hashes[p.id][c.id], p.arrival_s, self.hash_block) for p in self.programs
                   for c in p.llm_calls]
         super().__init__(cfg, static)
         self.cfg = cfg
@@ -169,7 +173,7 @@ class ProgramSimulator(ClusterSimulator):
         self._issue(st, node, now)
 
     def _issue(self, st: ProgramState, call: LLMCall, now: float) -> None:
-        req = call_request(st.program, call, self.hashes[st.id][call.id], now)
+        req = call_request(st.program, call, self.hashes[st.id][call.id], now, self.hash_block)
         if self.policy.orders_calls:
             extra = {**req.extra, "program_key": self.policy.call_key(st, call, now)}
             if self.policy.preempts:
