@@ -469,3 +469,23 @@ def test_coarser_program_hashes_floor_reuse_to_their_size():
     assert rows_by_call(res)["p/join"]["prefix_hit_tokens"] == 519 // 48 * 48  # 480, not 16-token 512
     with pytest.raises(UserError, match="one must divide the other"):
         simulate_programs(SimConfig(program_hash_tokens=24), [plan_program()])
+
+
+def test_starving_call_is_promoted_to_the_first_queue():
+    long_ = Program("long", 0.0, (LLMCall("a", 2000, 400), ToolCall("t", 0.0, deps=("a",)),
+                                  LLMCall("b", 2500, 50, deps=("t",), context_from="a")))
+    shorts = [Program(f"s{i}", 1.0 + 0.4 * i, (LLMCall("a", 300, 60),)) for i in range(30)]
+
+    def run(**opts):
+        return rows_by_call(simulate_programs(SimConfig(max_num_seqs=1), [long_, *shorts], "plas",
+                                              {"discretize": False, **opts}))
+
+    never = run()
+    assert never["long/b"]["finish_s"] > max(never[f"s{i}/a"]["finish_s"] for i in range(30))  # starves to the end
+    res = simulate_programs(SimConfig(max_num_seqs=1), [long_, *shorts], "plas",
+                            {"discretize": False, "starvation_s": 2.0})
+    rows = rows_by_call(res)
+    assert res.summary["programs"]["promotions"] == 1
+    # promoted 2 s after it was issued, it takes the seat when the running short call ends
+    assert rows["long/b"]["queue_s"] < 2.0 + 1.0
+    assert rows["long/b"]["finish_s"] < max(rows[f"s{i}/a"]["finish_s"] for i in range(30))

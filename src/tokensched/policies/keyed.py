@@ -71,6 +71,11 @@ class KeyedQueuePolicy(SchedulerPolicy):
     def pop(self) -> Sequence:
         return heapq.heappop(self._heap)[2]
 
+    def rekey(self) -> None:
+        """Re-sort the waiting queue after keys changed (e.g. a starving call was promoted); O(queue length)."""
+        self._heap = [(self.sort_key(s), c, s) for _, c, s in self._heap]
+        heapq.heapify(self._heap)
+
     def remove(self, seq: Sequence) -> None:
         """Take a waiting ``seq`` out of the heap for good (eager: O(queue length), then re-heapify)."""
         heap = self._heap

@@ -20,7 +20,8 @@ a gateway. The replica orders waiting calls by the key a policy returns (``polic
   (``max_cp = max(max_cp, start_priority + call_service)``, each call snapshotting ``max_cp`` at its start).
   Service = engine time of a call (first scheduled to finish). Keys are discretised into the queues of
   ``thresholds_s`` (MLFQ, FCFS by program arrival inside a queue); ``discretize: false`` uses raw service;
-  ``preempt: true`` lets a waiting call that cannot start displace running calls of lower queues.
+  ``preempt: true`` lets a waiting call that cannot start displace running calls of lower queues;
+  ``starvation_s`` promotes a call that has waited that long to the first queue (our rule: the paper's is not public).
 * ``hexgen`` — HEXGEN-TEXT2SQL-style adaptive urgency: calls ordered by their program's slack,
   ``deadline - estimated remaining critical-path time`` (programs without a deadline go last, FCFS).
 * ``kvflow`` — KVFlow (arXiv 2507.07400): program FCFS, and cached KV is evicted by *steps to execution*
@@ -154,6 +155,8 @@ class PLASOptions(ProgramOptions):
     discretize: bool = Field(True, description="key by MLFQ queue index (Autellix) instead of raw service")
     preempt: bool = Field(False, description="a waiting call that cannot start preempts running calls of "
                           "lower-priority queues (Autellix's queues are preemptive; see docs/programs.md)")
+    starvation_s: float | None = Field(None, gt=0, description="anti-starvation: a call still waiting this long after "
+                                       "it was issued moves to the first queue (default: never)")
 
 
 class PLAS(ProgramPolicy):
@@ -174,6 +177,10 @@ class PLAS(ProgramPolicy):
 
     def call_key(self, st: ProgramState, call: LLMCall, now: float) -> tuple[float, ...]:
         return (self._level(self.service_key(st, call)), st.arrival_s)
+
+    def promoted_key(self, st: ProgramState) -> tuple[float, ...]:
+        """The key of a starving call: the first queue, FCFS by program arrival."""
+        return (0.0, st.arrival_s)
 
     def on_call_done(self, st: ProgramState, call: LLMCall, service_s: float, now: float) -> None:
         st.attained_s += service_s

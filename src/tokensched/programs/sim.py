@@ -102,7 +102,7 @@ class ProgramSimulator(ClusterSimulator):
         self._paused: list[tuple[float, str]] = []  # heap of (program arrival, id) waiting to resume
         self._paused_calls: dict[str, list[LLMCall]] = {}
         self.counters = {"pins": 0, "pinned_blocks": 0, "pins_expired_blocks": 0, "pauses": 0, "resumes": 0,
-                         "prefetches": 0}
+                         "prefetches": 0, "promotions": 0}
         self._prefetching = bool(getattr(opts, "prefetch", False)) and any(r.kv.host_blocks for r in self.replicas)
         for p in self.programs:
             self.add_timer(p.arrival_s, partial(self._arrive, p))
@@ -183,6 +183,9 @@ class ProgramSimulator(ClusterSimulator):
         st.llm_inflight += 1
         self._calls[req.id] = (st, call)
         self.on_arrival(req, now)
+        starve = getattr(self.policy.options, "starvation_s", None)
+        if starve is not None:
+            self.add_timer(now + starve, partial(self._promote, st, call))
 
     def on_delivered(self, i: int, seq: Sequence, now: float) -> None:
         st, call = self._calls[seq.request.id]
@@ -281,6 +284,21 @@ class ProgramSimulator(ClusterSimulator):
             self.resident -= 1
             self.working_set -= st.ctx_tokens
         self._resume(now)
+
+    def _promote(self, st: ProgramState, call: LLMCall, now: float) -> None:
+        """Anti-starvation: a call still waiting ``starvation_s`` after it was issued moves to the first queue."""
+        where = st.seq_of.get(call.id)
+        if where is None:
+            return
+        i, seq = where
+        if seq.status is not SeqStatus.WAITING or seq.first_scheduled_s is not None:
+            return
+        key = self.policy.promoted_key(st)  # type: ignore[attr-defined]
+        if seq.request.extra.get("program_key", key) <= key:  # already in the first queue
+            return
+        seq.request.extra["program_key"] = key
+        self.replicas[i].scheduler.policy.rekey()  # type: ignore[attr-defined]
+        self.counters["promotions"] += 1
 
     def _prefetch(self, st: ProgramState, now: float) -> None:
         """KVFlow: bring the idle program's context back from CPU memory before its next call."""
@@ -402,6 +420,7 @@ def summarize_programs(sim: ProgramSimulator) -> tuple[dict[str, Any], list[dict
         "pause": {"threshold": sim.pause_threshold, "pauses": sim.counters["pauses"],
                   "resumes": sim.counters["resumes"]},
         "prefetches": sim.counters["prefetches"],
+        "promotions": sim.counters["promotions"],
     }
     return summary, rows
 
