@@ -54,11 +54,7 @@ def tool_seconds(p: Program) -> float:
 
 def critical_tool_seconds(p: Program) -> float:
     """Tool seconds on the longest dependency chain (LLM calls count zero)."""
-    finish: dict[str, float] = {}
-    for n in p.nodes:
-        start = max((finish[d] for d in n.deps), default=0.0)
-        finish[n.id] = start + (n.duration_s if isinstance(n, ToolCall) else 0.0)
-    return max(finish.values())
+    return p.critical_path(lambda n: n.duration_s if isinstance(n, ToolCall) else 0.0)
 
 
 def main() -> int:

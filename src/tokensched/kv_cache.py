@@ -197,9 +197,7 @@ class KVCacheManager:
             e = self._entries[h]
             if e.refs == 0:
                 if e.pinned:
-                    del self._pinned[h]
-                    self.pinned_blocks -= e.blocks
-                    e.pinned = False
+                    self._end_pin(h, e)
                     self.pin_hits += 1
                 else:
                     lru.remove(h)
@@ -395,8 +393,7 @@ class KVCacheManager:
             if e is None or e.refs:
                 continue
             if e.pinned:
-                del self._pinned[h]
-                self.pinned_blocks -= e.blocks
+                self._end_pin(h, e)
             else:
                 self._lru.remove(h)
                 self.evictable_blocks -= e.blocks
@@ -435,9 +432,7 @@ class KVCacheManager:
             e = entries.get(h)
             if e is None or not e.pinned:
                 continue
-            del self._pinned[h]
-            self.pinned_blocks -= e.blocks
-            e.pinned = False
+            self._end_pin(h, e)
             self._lru.push(h, e.blocks, e.hits, e.priority)
             self.evictable_blocks += e.blocks
             n += e.blocks
@@ -448,9 +443,11 @@ class KVCacheManager:
         self.pins_released += self.pinned_blocks
         return self.unpin(list(reversed(self._pinned)))
 
-    def is_pinned(self, key: int) -> bool:
-        e = self._entries.get(key)
-        return e is not None and e.pinned
+    def _end_pin(self, h: int, e: _Entry) -> None:
+        """Take unit ``h`` out of the pinned tier (the caller decides where it goes next)."""
+        del self._pinned[h]
+        self.pinned_blocks -= e.blocks
+        e.pinned = False
 
     # ---- invariants (tests) --------------------------------------------------------------------
     def check_invariants(self, seqs: list[Sequence]) -> None:

@@ -35,14 +35,19 @@ PCIE_EFFICIENCY = 0.8  # fraction of the host link large KV copies reach (as the
 ACTIVATION_RESERVE_BYTES = 1.3e9  # per GPU: activations, CUDA graphs, allocator slack (see docs/timing.md)
 
 
+def kv_block_bytes(model: ModelConfig, tp: int, block_size: int) -> int:
+    """Bytes of one block's KV on one GPU (KV heads split across ``tp`` GPUs, replicated when tp exceeds them)."""
+    kv_heads = -(-model.num_kv_heads // tp)
+    return 2 * model.num_layers * kv_heads * model.head_dim * model.dtype_bytes * block_size
+
+
 def kv_capacity_blocks(model: ModelConfig, gpu: GPU, tp: int, block_size: int, utilization: float) -> int:
     """KV blocks that fit beside the weights on each of ``tp`` GPUs, as vLLM sizes its cache.
 
     Per GPU: ``utilization * memory - weights / tp - activation reserve``, divided by the bytes of one
     block's KV on one GPU (KV heads are split across GPUs, replicated when ``tp`` exceeds them).
     """
-    kv_heads = -(-model.num_kv_heads // tp)
-    bytes_per_block = 2 * model.num_layers * kv_heads * model.head_dim * model.dtype_bytes * block_size
+    bytes_per_block = kv_block_bytes(model, tp, block_size)
     free = utilization * gpu.hbm_bytes - model.weight_bytes / tp - ACTIVATION_RESERVE_BYTES
     if free < bytes_per_block:
         raise UserError(
@@ -144,9 +149,7 @@ def build_replica(cfg: SimConfig, requests: list[Request], timing: TimingModel |
         f"admission {cfg.admission}": admission_cls.Options,
         f"preemption {cfg.preemption}": preemption_cls.Options,
     })
-    # one block's KV on one GPU (KV heads split over tp) and over the whole replica
-    kv_heads = -(-model.num_kv_heads // cfg.tp)
-    block_bytes_gpu = 2 * model.num_layers * kv_heads * model.head_dim * model.dtype_bytes * cfg.block_size
+    block_bytes_gpu = kv_block_bytes(model, cfg.tp, cfg.block_size)  # x tp: one block over the whole replica
     host_blocks = int(cfg.cpu_kv_gb * 1e9 // (block_bytes_gpu * cfg.tp)) if cfg.prefix_caching else 0
     kv = KVCacheManager(blocks, cfg.block_size, enable_prefix_caching=cfg.prefix_caching,
                         evictor=make_evictor(cfg.eviction), host_blocks=host_blocks)

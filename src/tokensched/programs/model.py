@@ -23,7 +23,7 @@ call never had its KV computed, so the block holding it is recomputed by the nex
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Collection, Union
 
 from tokensched.errors import UserError
 from tokensched.request import Request
@@ -125,6 +125,14 @@ class Program:
     @property
     def deadline_abs(self) -> float | None:
         return None if self.deadline_s is None else self.arrival_s + self.deadline_s
+
+    def critical_path(self, cost: Callable[[Node], float], done: Collection[str] = ()) -> float:
+        """Length of the longest dependency chain, each node costing ``cost(node)`` (nodes in ``done``: 0)."""
+        finish: dict[str, float] = {}
+        for n in self.nodes:  # topological order
+            start = max((finish[d] for d in n.deps), default=0.0)
+            finish[n.id] = start + (0.0 if n.id in done else cost(n))
+        return max(finish.values(), default=0.0)
 
     def context_tokens(self, call: LLMCall) -> int:
         """Tokens of ``call``'s prompt that an earlier call of this program (or the shared prefix) computed."""

@@ -167,10 +167,14 @@ class PLAS(ProgramPolicy):
     Options = PLASOptions
     orders_calls = True
 
+    def __init__(self, options: BaseModel, sim: ProgramSimulator) -> None:
+        super().__init__(options, sim)
+        self._bounds = sorted(self.options.thresholds_s)
+
     def _level(self, service: float) -> float:
         if not self.options.discretize:
             return service
-        return float(bisect.bisect_right(sorted(self.options.thresholds_s), service))
+        return float(bisect.bisect_right(self._bounds, service))
 
     def service_key(self, st: ProgramState, call: LLMCall) -> float:
         return st.attained_s
@@ -218,18 +222,13 @@ class Hexgen(ProgramPolicy):
         """Estimated critical-path seconds of the program's unfinished calls (known tool durations)."""
         p = st.program
         tpot = self.options.tpot_s or self.sim.tpot_estimate_s
-        finish: dict[str, float] = {}
-        for n in p.nodes:  # topological order
-            if n.id in st.done:
-                finish[n.id] = 0.0
-                continue
-            start = max((finish[d] for d in n.deps), default=0.0)
+
+        def cost(n: Any) -> float:
             if isinstance(n, LLMCall):
-                cost = self.sim.prefill_seconds(n.prompt_tokens - p.context_tokens(n)) + tpot * n.output_tokens
-            else:
-                cost = n.duration_s
-            finish[n.id] = start + cost
-        return max(finish.values(), default=0.0)
+                return self.sim.prefill_seconds(n.prompt_tokens - p.context_tokens(n)) + tpot * n.output_tokens
+            return float(n.duration_s)
+
+        return p.critical_path(cost, st.done)
 
     def call_key(self, st: ProgramState, call: LLMCall, now: float) -> tuple[float, ...]:
         deadline = st.program.deadline_abs

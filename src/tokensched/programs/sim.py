@@ -219,11 +219,10 @@ class ProgramSimulator(ClusterSimulator):
         st.calls.append({"call": call.id, "arrival_s": seq.request.arrival_s, "queue_s":
                          (seq.first_scheduled_s or now) - seq.request.arrival_s, "service_s": service,
                          "prompt": call.prompt_tokens, "context": ctx, "hit": hit, "preemptions": seq.preemptions})
-        bs = self.replicas[i].kv.block_size
-        st.last_ctx = (i, [h for h, _ in seq.units], seq.units[-1][1] // bs if seq.units else 0)
-        for j, keys in st.pins:  # what earlier pins still hold was not reused by this call: back to eviction
-            self.replicas[j].kv.unpin(keys)
-        st.pins.clear()
+        kv = self.replicas[i].kv
+        keys = [h for h, _ in seq.units]
+        st.last_ctx = (i, keys, seq.units[-1][1] // kv.block_size if seq.units else 0)
+        self._drop_pins(st)  # what earlier pins still hold was not reused by this call: back to eviction
         tools = [st.program.by_id[c] for c in st.program.children[call.id]]
         tools = [t for t in tools if isinstance(t, ToolCall) and st.next_llm_calls(t.id)]
         if tools:
@@ -232,8 +231,6 @@ class ProgramSimulator(ClusterSimulator):
                 self._evict_resident(st)  # idle program under memory pressure: pause it
                 self._resume(now)  # its working set left the budget: earlier-paused programs may fit
             elif self.policy.pins:
-                kv = self.replicas[i].kv
-                keys = [h for h, _ in seq.units]
                 blocks_before = kv.pinned_blocks
                 ttl = self.policy.pin_ttl(st, call, tools, kv.blocks_for(call.prompt_tokens + call.output_tokens),
                                           kv.num_blocks)
@@ -243,7 +240,7 @@ class ProgramSimulator(ClusterSimulator):
                         self.counters["pins"] += 1
                         self.counters["pinned_blocks"] += kv.pinned_blocks - blocks_before
                         st.pins.append((i, pinned))
-                        self.add_timer(now + ttl, partial(self._expire, st, i, pinned))
+                        self.add_timer(now + ttl, partial(self._expire, i, pinned))
         self._complete_node(st, call.id, now)
 
     def _tool_done(self, st: ProgramState, tool: ToolCall, now: float) -> None:
@@ -274,11 +271,14 @@ class ProgramSimulator(ClusterSimulator):
             st.finish_s = now
             self._release(st, now)
 
-    def _release(self, st: ProgramState, now: float) -> None:
-        """A program finished or failed: its pins end, its working set leaves the gate."""
+    def _drop_pins(self, st: ProgramState) -> None:
         for i, keys in st.pins:
             self.replicas[i].kv.unpin(keys)
         st.pins.clear()
+
+    def _release(self, st: ProgramState, now: float) -> None:
+        """A program finished or failed: its pins end, its working set leaves the gate."""
+        self._drop_pins(st)
         if st.resident:
             st.resident = False
             self.resident -= 1
@@ -308,7 +308,7 @@ class ProgramSimulator(ClusterSimulator):
         if self.replicas[i].kv.prefetch(keys):
             self.counters["prefetches"] += 1
 
-    def _expire(self, st: ProgramState, i: int, keys: list[int], now: float) -> None:
+    def _expire(self, i: int, keys: list[int], now: float) -> None:
         """A pin's TTL ran out: what it still holds joins the eviction order, even if the program's next call has
         come back and waits for admission (keeping pins for waiting calls was measured to lock KV away from the
         admissions that would drain the queue: docs/programs.md)."""
@@ -333,9 +333,7 @@ class ProgramSimulator(ClusterSimulator):
         return False
 
     def _evict_resident(self, st: ProgramState) -> None:
-        for i, keys in st.pins:
-            self.replicas[i].kv.unpin(keys)
-        st.pins.clear()
+        self._drop_pins(st)
         st.resident = False
         self.resident -= 1
         self.working_set -= st.ctx_tokens

@@ -59,9 +59,6 @@ class ProgramState:
                 self.time_tool_s += dt
         self._mark = now
 
-    def remaining_nodes(self) -> list[Any]:
-        return [n for n in self.program.nodes if n.id not in self.done]
-
     def next_llm_calls(self, node_id: str) -> list[LLMCall]:
         """LLM calls reachable from ``node_id`` through tool calls only (what a tool call is waiting to feed)."""
         p = self.program
