@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -67,7 +68,7 @@ def rollout(mode: str, model: str, gpu: str, tp: int, as_json: bool, **flags: An
             d.pop("step_log")
             click.echo(json.dumps(d))
         return
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a pipe or file gets unwrapped rows
     console.print(f"[bold]{sim.model}[/] on {tp} x {sim.gpu} · {cfg.steps} steps of {cfg.num_prompts} x "
                   f"{cfg.group_size} samples · output median {cfg.output_median:g}, sigma {cfg.output_sigma:g}, "
                   f"cap {cfg.max_tokens:,} · train {cfg.train_s:g} s/step")

@@ -108,7 +108,7 @@ def print_programs(p: dict[str, Any], console: Console) -> None:
     t.add_row("prefill tokens computed", f"{pf['computed']:,} of {pf['prompt']:,} prompt tokens")
     pins = p["pins"]
     if pins["pins"]:
-        t.add_row("KV pins (hits / expired blocks / taken under pressure)",
+        t.add_row("KV pins (units hit / blocks expired / units taken under pressure)",
                   f"{pins['pins']:,} ({pins['pin_hits']:,} / {pins['pins_expired_blocks']:,} / {pins['pin_evictions']:,})")
     pa = p["pause"]
     if pa["threshold"] is not None:

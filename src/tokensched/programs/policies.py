@@ -58,7 +58,7 @@ class ProgramOptions(BaseModel):
 
 
 class ProgramPolicy:
-    """Baseline: calls are independent requests (``request-fcfs``)."""
+    """Baseline: each call is an independent request, in the replica's own order."""
 
     name: ClassVar[str] = "request-fcfs"
     reference: ClassVar[str] = "vLLM FCFS per request (no program awareness)"
